@@ -1,0 +1,224 @@
+"""Shared helpers for the weir compatibility tests (Python 3.11 standard library only).
+
+`Weir` starts the server under test the way SPEC.md prescribes: port 0, a fresh
+temporary store, client authentication ON with a token file we write ourselves.
+Readiness is detected by reading weir's stderr until the line
+`weir listening on 127.0.0.1:<PORT>` appears (bounded by a deadline); stopping
+sends SIGTERM and requires exit status 0.
+"""
+
+import os
+import re
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+READY_RE = re.compile(r"listening on ([0-9.]+):([0-9]+)")
+
+START_DEADLINE_S = 30
+STOP_DEADLINE_S = 20
+
+
+class HarnessError(Exception):
+    """Infrastructure failure (weir did not start/stop properly, a client crashed...)."""
+
+
+def weir_binary():
+    path = os.environ.get("WEIR_BIN") or os.path.join(HERE, "..", "target", "debug", "weir")
+    path = os.path.abspath(path)
+    if not os.access(path, os.X_OK):
+        raise HarnessError(f"weir binary not found or not executable: {path} (build it or set WEIR_BIN)")
+    return path
+
+
+def cache_dir():
+    """Where setup-clients.sh installed the SDKs (run.sh exports WEIR_COMPAT_CACHE)."""
+    path = os.environ.get("WEIR_COMPAT_CACHE") or os.path.join(HERE, "..", "target", "compat-cache")
+    return os.path.abspath(path)
+
+
+def sdk_python(venv_name):
+    return os.path.join(cache_dir(), venv_name, "bin", "python")
+
+
+def node_modules():
+    return os.path.join(cache_dir(), "node-core-sdk-1.7.0", "node_modules")
+
+
+class Weir:
+    """One weir process with its own store directory and auth token."""
+
+    def __init__(self, name="weir"):
+        self.name = name
+        self.binary = weir_binary()
+        self.tmp = tempfile.mkdtemp(prefix=f"weir-compat-{name}-")
+        self.store = os.path.join(self.tmp, "store")
+        os.makedirs(self.store)
+        self.token = secrets.token_hex(32)
+        self.token_file = os.path.join(self.tmp, "auth_token")
+        with open(self.token_file, "w") as f:
+            f.write(self.token + "\n")
+        os.chmod(self.token_file, 0o600)
+        self.proc = None
+        self.host = None
+        self.port = None
+        self.log_lines = []          # every stderr line weir printed (for diagnostics)
+        self._ready = threading.Event()
+        self._drainer = None
+
+    # -- lifecycle -------------------------------------------------------
+
+    def start(self):
+        env = dict(os.environ)
+        env.update({
+            "STREAM_MANAGER_SERVER_PORT": "0",
+            "STREAM_MANAGER_STORE_ROOT_DIR": self.store,
+            "STREAM_MANAGER_AUTHENTICATE_CLIENT": "true",
+            "WEIR_AUTH_TOKEN_FILE": self.token_file,
+        })
+        # Do not leak a token from the caller's environment into weir.
+        env.pop("AWS_CONTAINER_AUTHORIZATION_TOKEN", None)
+        self.proc = subprocess.Popen(
+            [self.binary], env=env, cwd=self.tmp,
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            text=True, errors="replace",
+        )
+        # A thread keeps draining stderr for the whole life of the process (so weir
+        # can never block on a full pipe) and flags readiness when the line appears.
+        self._drainer = threading.Thread(target=self._drain, daemon=True)
+        self._drainer.start()
+        deadline = time.monotonic() + START_DEADLINE_S
+        while not self._ready.is_set():
+            if self.proc.poll() is not None:
+                self._drainer.join(5)
+                raise HarnessError(f"weir exited with {self.proc.returncode} before becoming ready:\n{self.log_tail()}")
+            if time.monotonic() > deadline:
+                self.kill()
+                raise HarnessError(f"weir did not print its readiness line within {START_DEADLINE_S}s:\n{self.log_tail()}")
+            self._ready.wait(0.1)
+        if self.host != "127.0.0.1":
+            self.stop()
+            raise HarnessError(f"weir listens on {self.host}, expected loopback 127.0.0.1")
+        return self
+
+    def _drain(self):
+        for line in self.proc.stderr:
+            line = line.rstrip("\n")
+            self.log_lines.append(line)
+            if not self._ready.is_set():
+                m = READY_RE.search(line)
+                if m and "weir listening on" in line:
+                    self.host, self.port = m.group(1), int(m.group(2))
+                    self._ready.set()
+
+    def stop(self):
+        """SIGTERM, wait (bounded), and require exit status 0."""
+        if self.proc is None or self.proc.poll() is not None:
+            rc = None if self.proc is None else self.proc.returncode
+            self._cleanup()
+            raise HarnessError(f"weir was not running at stop time (exit status {rc}):\n{self.log_tail()}")
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            rc = self.proc.wait(STOP_DEADLINE_S)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise HarnessError(f"weir did not exit within {STOP_DEADLINE_S}s of SIGTERM:\n{self.log_tail()}")
+        self._drainer.join(5)
+        self._cleanup()
+        if rc != 0:
+            raise HarnessError(f"weir exited with status {rc} after SIGTERM (expected 0):\n{self.log_tail()}")
+
+    def kill(self):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self._cleanup()
+
+    def _cleanup(self):
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            self.stop()
+        else:
+            self.kill()
+        return False
+
+    # -- helpers ---------------------------------------------------------
+
+    def log_tail(self, n=40):
+        return "\n".join("    weir: " + l for l in self.log_lines[-n:])
+
+    def client_env(self, token=None):
+        """Environment for an SDK client process talking to this weir."""
+        env = dict(os.environ)
+        env["STREAM_MANAGER_SERVER_PORT"] = str(self.port)
+        env["AWS_CONTAINER_AUTHORIZATION_TOKEN"] = self.token if token is None else token
+        env["PYTHONUNBUFFERED"] = "1"
+        env["NODE_PATH"] = node_modules()
+        return env
+
+
+def run_client(argv, env, timeout, cwd=HERE):
+    """Run a client program to completion; returns (returncode, stdout, stderr).
+
+    A client that exceeds `timeout` is killed and reported as a harness error
+    (a hang is always a failure, the deadline only bounds how long we wait)."""
+    try:
+        p = subprocess.run(argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL,
+                           capture_output=True, text=True, errors="replace", timeout=timeout)
+    except subprocess.TimeoutExpired as e:
+        out = e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
+        err = e.stderr.decode(errors="replace") if isinstance(e.stderr, bytes) else (e.stderr or "")
+        raise HarnessError(f"{' '.join(argv)} did not finish within {timeout}s\n--- stdout\n{out}\n--- stderr\n{err[-4000:]}")
+    return p.returncode, p.stdout, p.stderr
+
+
+def indent(text, prefix="    "):
+    return "\n".join(prefix + l for l in text.rstrip("\n").splitlines())
+
+
+class Report:
+    """Collects PASS/FAIL lines for one test program and computes its exit code."""
+
+    def __init__(self, title):
+        self.title = title
+        self.passed = []
+        self.failed = []
+
+    def ok(self, case, detail=""):
+        self.passed.append(case)
+        print(f"PASS {case}" + (f" ({detail})" if detail else ""), flush=True)
+
+    def fail(self, case, reason):
+        self.failed.append((case, reason))
+        print(f"FAIL {case}: {reason}", flush=True)
+
+    def check(self, case, cond, reason, detail=""):
+        if cond:
+            self.ok(case, detail)
+        else:
+            self.fail(case, reason)
+        return cond
+
+    def finish(self):
+        print(f"== {self.title}: {len(self.passed)} passed, {len(self.failed)} failed", flush=True)
+        return 0 if not self.failed and self.passed else 1
+
+
+def main_guard(fn):
+    """Run a test program's main(); infrastructure errors become exit status 2."""
+    try:
+        sys.exit(fn())
+    except HarnessError as e:
+        print(f"HARNESS ERROR: {e}", flush=True)
+        sys.exit(2)

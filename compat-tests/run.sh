@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# weir compatibility tests: real, unmodified stream manager client SDKs against weir.
+#
+#   compat-tests/run.sh            # uses $WEIR_BIN, else target/debug/weir (not built here)
+#
+# 1. setup-clients.sh installs the SDKs (idempotent) into target/compat-cache/
+#    (override with WEIR_COMPAT_CACHE).
+# 2. Runs, each against its own weir (port 0, fresh temp store, auth on):
+#      test_gg110.py        Greengrass 1.10 sample-style writer/reader (greengrasssdk 1.5.0, Python 3.7)
+#      test_conformance.py  every operation/status/edge case with all four SDKs
+#      test_hostile.py      malformed input on raw sockets while an SDK client keeps working
+# Exits non-zero if anything failed. Needs: pyenv Python 3.7.16 + 3.11.7, node, npm.
+set -uo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+
+cache="$("$here/setup-clients.sh")" || { echo "compat: setup-clients.sh failed" >&2; exit 1; }
+export WEIR_COMPAT_CACHE="$cache"
+
+weir="${WEIR_BIN:-$here/../target/debug/weir}"
+if [ ! -x "$weir" ]; then
+  echo "compat: weir binary not found at $weir (run 'cargo build' or set WEIR_BIN)" >&2
+  exit 1
+fi
+export WEIR_BIN="$(cd "$(dirname "$weir")" && pwd)/$(basename "$weir")"
+echo "compat: weir binary $WEIR_BIN"
+echo "compat: SDK cache $WEIR_COMPAT_CACHE"
+
+# The drivers are stdlib-only Python 3.11 (the hostile test also needs cbor2 and
+# the stream_manager SDK), so they all run with the stream-manager venv's Python.
+py="$cache/py311-stream-manager-1.1.2/bin/python"
+
+declare -a names=() results=()
+start_all=$SECONDS
+for t in test_gg110 test_conformance test_hostile; do
+  echo
+  echo "======== $t"
+  start=$SECONDS
+  (cd "$here" && "$py" "$t.py")
+  rc=$?
+  names+=("$t")
+  if [ $rc -eq 0 ]; then results+=("PASS ($((SECONDS - start))s)"); else results+=("FAIL exit $rc ($((SECONDS - start))s)"); fi
+done
+
+echo
+echo "======== compat summary ($((SECONDS - start_all))s)"
+failed=0
+for i in "${!names[@]}"; do
+  printf '  %-18s %s\n' "${names[$i]}" "${results[$i]}"
+  case "${results[$i]}" in PASS*) ;; *) failed=1 ;; esac
+done
+if [ $failed -ne 0 ]; then
+  echo "compat: FAILED"
+  exit 1
+fi
+echo "compat: all passed"

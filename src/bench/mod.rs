@@ -1,0 +1,50 @@
+//! `weir bench`: measuring tools that ship with the binary.
+//!
+//! * `weir bench load`: a native load generator. Several connections, each
+//!   keeping many appends in flight (the protocol allows any number), then
+//!   reads of 100 messages; reports appends/s, p50/p99 latency, reads/s.
+//!   Without `--addr` it starts weir in-process on a free port.
+//! * `weir bench null-server`: the same server code with a request handler
+//!   that stores nothing and answers at once: the baseline that shows what
+//!   a client costs by itself.
+
+mod client;
+mod load;
+mod null;
+
+pub use null::NullHandler;
+
+/// Errors of the bench tools end the run with a message; no caller
+/// inspects them.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+use std::process::ExitCode;
+
+#[derive(clap::Subcommand, Debug)]
+pub enum BenchCommand {
+    /// Append and read load against weir (in-process unless --addr is given).
+    Load(load::LoadArgs),
+    /// Serve the protocol without storing anything (auth off), printing the
+    /// bound address; for client-side baselines.
+    NullServer(null::NullArgs),
+}
+
+pub fn main(command: BenchCommand) -> ExitCode {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("cannot start the tokio runtime");
+    let result = runtime.block_on(async {
+        match command {
+            BenchCommand::Load(args) => load::run(args).await,
+            BenchCommand::NullServer(args) => null::run(args).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("weir bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,46 @@
+//! # weir
+//!
+//! A native drop-in replacement for the AWS IoT Greengrass **stream
+//! manager** server. Unmodified client SDKs (`greengrasssdk.stream_manager`,
+//! `stream_manager`, the Node and Java SDKs) connect to it over TCP and
+//! create, append to, read, describe, update and delete message streams.
+//!
+//! ## Layout
+//!
+//! Layers depend only downward:
+//!
+//! ```text
+//!   main.rs ── daemon ──┬── server ──────── protocol   (sans-IO wire format)
+//!   (thin)     (wiring)  │   (sockets,          ▲
+//!                        │    dispatch)         │ model types
+//!                        └── store ─────────────┘
+//!                            (streams, retention, storage seam: SegmentLog)
+//! ```
+//!
+//! * [`protocol`]: bytes ⇄ typed requests and replies. No I/O, no runtime;
+//!   bounded (a frame length is checked before anything is allocated).
+//! * [`server`]: the accept loop and one task per connection. The handshake,
+//!   then requests carried out in arrival order, long-polling reads beside
+//!   them, whole frames written by one writer task. [`server::dispatch`] is
+//!   the one exhaustive `match` over operations and the one place a store
+//!   error becomes a wire status.
+//! * [`store`]: the stream registry and each stream's state under one lock
+//!   (its single writer); retention is a pure policy ([`store::retention`])
+//!   that the stream carries out; messages live behind the
+//!   [`store::log::SegmentLog`] seam ([`store::memory::MemoryLog`] today).
+//! * [`auth`]: client tokens. [`config`]: the Java server's environment
+//!   variables. [`clock`]: wall time, passed in. [`daemon`]: lifecycle.
+//! * [`bench`]: `weir bench`, a native load generator, and a server that
+//!   stores nothing, the baseline for client-side benchmarks.
+//!
+//! Shutdown is a [`tokio_util::sync::CancellationToken`] passed in; every
+//! loop selects on it.
+
+pub mod auth;
+pub mod bench;
+pub mod clock;
+pub mod config;
+pub mod daemon;
+pub mod protocol;
+pub mod server;
+pub mod store;

@@ -1,0 +1,93 @@
+//! The `weir` binary: configuration from the environment, logging, signals,
+//! then [`weir::daemon::run`]; or `weir bench ...`.
+
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Drop-in replacement for the AWS IoT Greengrass stream manager"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(clap::Subcommand)]
+enum Command {
+    /// Run the stream manager server (the default), configured by the
+    /// STREAM_MANAGER_* environment variables.
+    Serve,
+    /// Benchmarks: a native load generator, and a server that stores nothing.
+    #[command(subcommand)]
+    Bench(weir::bench::BenchCommand),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => serve(),
+        Command::Bench(cmd) => weir::bench::main(cmd),
+    }
+}
+
+fn serve() -> std::process::ExitCode {
+    let config = match weir::config::Config::from_env() {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("weir: invalid configuration: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    init_logging(&config.log_level);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("cannot start the tokio runtime");
+    runtime.block_on(async {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(stop_on_signal(shutdown.clone()));
+        match weir::daemon::run(config, shutdown, |_| {}).await {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!("{e}");
+                std::process::ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+fn init_logging(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level.to_ascii_lowercase()));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// SIGTERM or SIGINT starts a clean shutdown; a second one exits at once.
+async fn stop_on_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    for round in 0..2 {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        if round == 0 {
+            tracing::info!("stopping");
+            shutdown.cancel();
+        } else {
+            tracing::warn!("second signal: exiting now");
+            std::process::exit(1);
+        }
+    }
+}

@@ -1,0 +1,309 @@
+//! One client connection: handshake, then requests read in order and
+//! answered as they complete.
+//!
+//! Requests are carried out in arrival order; a read that has to wait runs
+//! as its own task, so it never holds up the requests behind it (PROTOCOL.md
+//! 7.2). All answers go through one writer task, which writes whole frames,
+//! coalescing those that are ready, and never splits one (PROTOCOL.md 3.3).
+
+use super::codec::{CodecError, FrameCodec};
+use super::dispatch::Handled;
+use super::ServerContext;
+use crate::protocol::{
+    ConnectRequest, ConnectResponse, DecodeError, Failure, ProtocolVersion, Reply, ReplyBody,
+    Request, StatusCode, CONNECT_VERSION,
+};
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::codec::FramedRead;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+/// Clients send their Connect frame right after connecting; one that has
+/// not within this time is dropped, so it cannot hold a connection slot.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Answers queued for the writer before reading more requests pauses.
+const WRITE_QUEUE: usize = 256;
+/// Ready answers are merged into one write up to this size.
+const COALESCE_LIMIT: usize = 64 * 1024;
+
+type Frames = FramedRead<OwnedReadHalf, FrameCodec>;
+
+#[derive(Debug, thiserror::Error)]
+enum ConnectionError {
+    #[error("handshake refused: {0}")]
+    Refused(String),
+    #[error("no handshake within {0:?}")]
+    HandshakeTimeout(Duration),
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Protocol(String),
+    #[error("the client stopped reading answers")]
+    WriterGone,
+}
+
+pub async fn serve(socket: TcpStream, ctx: Arc<ServerContext>, shutdown: CancellationToken) {
+    let client = ctx.next_client_identifier();
+    let peer = socket
+        .peer_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let span = tracing::info_span!("connection", %client, %peer);
+    async move {
+        match serve_client(socket, &ctx, client, shutdown).await {
+            Ok(()) => tracing::debug!("closed"),
+            Err(e) => tracing::info!(error = %e, "connection closed"),
+        }
+    }
+    .instrument(span)
+    .await;
+}
+
+async fn serve_client(
+    socket: TcpStream,
+    ctx: &Arc<ServerContext>,
+    client: String,
+    shutdown: CancellationToken,
+) -> Result<(), ConnectionError> {
+    // Clients (Java explicitly) want answers without Nagle delays.
+    socket.set_nodelay(true)?;
+    let (mut reader, mut writer) = socket.into_split();
+    let handshake = tokio::time::timeout(
+        HANDSHAKE_TIMEOUT,
+        handshake(&mut reader, &mut writer, ctx, client),
+    );
+    let version = tokio::select! {
+        result = handshake => result.map_err(|_| ConnectionError::HandshakeTimeout(HANDSHAKE_TIMEOUT))?,
+        () = shutdown.cancelled() => return Ok(()),
+    };
+    let (version, frames) = match version {
+        Ok((version, leftover)) => (version, with_leftover(reader, leftover, ctx.max_frame_len)),
+        Err(e) => {
+            writer.shutdown().await.ok();
+            return Err(e);
+        }
+    };
+    tracing::debug!(protocol = version.as_str(), "connected");
+    session(frames, writer, ctx, version, shutdown).await
+}
+
+fn with_leftover(reader: OwnedReadHalf, leftover: BytesMut, max_frame_len: usize) -> Frames {
+    let mut frames = FramedRead::new(reader, FrameCodec::new(max_frame_len));
+    frames.read_buffer_mut().extend_from_slice(&leftover);
+    frames
+}
+
+/// Reads `01` + Connect, answers `01` + ConnectResponse. Returns the
+/// negotiated version and any bytes read past the Connect frame.
+async fn handshake(
+    reader: &mut OwnedReadHalf,
+    writer: &mut OwnedWriteHalf,
+    ctx: &ServerContext,
+    client: String,
+) -> Result<(ProtocolVersion, BytesMut), ConnectionError> {
+    let refuse = |request_id: Option<String>, status: StatusCode, message: String| {
+        ConnectResponse::refusal(request_id, status, message, &ctx.server_version)
+    };
+    let mut byte = [0u8; 1];
+    reader.read_exact(&mut byte).await?;
+    if byte[0] != CONNECT_VERSION {
+        let message = format!(
+            "connect version {} is not supported; expected {CONNECT_VERSION}",
+            byte[0]
+        );
+        send_connect_response(
+            writer,
+            &refuse(None, StatusCode::UnsupportedConnectVersion, message.clone()),
+        )
+        .await?;
+        return Err(ConnectionError::Refused(message));
+    }
+    let mut frames = FramedRead::new(&mut *reader, FrameCodec::new(ctx.max_frame_len));
+    let frame = match frames.next().await {
+        Some(frame) => frame?,
+        None => {
+            return Err(ConnectionError::Protocol(
+                "closed before the Connect frame".into(),
+            ))
+        }
+    };
+    let leftover = std::mem::take(frames.read_buffer_mut());
+    let request = match ConnectRequest::decode(&frame) {
+        Ok(request) => request,
+        Err(message) => {
+            send_connect_response(
+                writer,
+                &refuse(None, StatusCode::UnexpectedOperation, message.clone()),
+            )
+            .await?;
+            return Err(ConnectionError::Refused(message));
+        }
+    };
+    let version = match request.negotiate() {
+        Ok(version) => version,
+        Err((status, message)) => {
+            send_connect_response(writer, &refuse(request.request_id, status, message.clone()))
+                .await?;
+            return Err(ConnectionError::Refused(message));
+        }
+    };
+    if !ctx.auth.admits(request.auth_token.as_deref()) {
+        let message = "the authentication token is missing or not valid".to_owned();
+        send_connect_response(
+            writer,
+            &refuse(
+                request.request_id,
+                StatusCode::Unauthorized,
+                message.clone(),
+            ),
+        )
+        .await?;
+        return Err(ConnectionError::Refused(message));
+    }
+    tracing::debug!(
+        sdk = request.sdk_version.as_deref().unwrap_or("?"),
+        "handshake"
+    );
+    let accepted = ConnectResponse {
+        request_id: request.request_id,
+        status: StatusCode::Success,
+        error_message: None,
+        protocol_version: Some(version),
+        server_version: ctx.server_version.clone(),
+        client_identifier: Some(client),
+    };
+    send_connect_response(writer, &accepted).await?;
+    Ok((version, leftover))
+}
+
+async fn send_connect_response(
+    writer: &mut OwnedWriteHalf,
+    response: &ConnectResponse,
+) -> std::io::Result<()> {
+    let mut buf = BytesMut::new();
+    response.encode_with_connect_byte(&mut buf);
+    writer.write_all(&buf).await
+}
+
+/// The request loop after a successful handshake.
+async fn session(
+    mut frames: Frames,
+    writer: OwnedWriteHalf,
+    ctx: &Arc<ServerContext>,
+    version: ProtocolVersion,
+    shutdown: CancellationToken,
+) -> Result<(), ConnectionError> {
+    let (answers, queue) = mpsc::channel::<Bytes>(WRITE_QUEUE);
+    let write_task = tokio::spawn(write_answers(writer, queue));
+    let mut waiting = JoinSet::new();
+    let outcome = loop {
+        let frame = tokio::select! {
+            frame = frames.next() => frame,
+            Some(_) = waiting.join_next(), if !waiting.is_empty() => continue,
+            () = shutdown.cancelled() => break Ok(()),
+        };
+        let frame = match frame {
+            None => break Ok(()),
+            Some(Err(e)) => break Err(e.into()),
+            Some(Ok(frame)) => frame,
+        };
+        let reply = match Request::decode(frame.op, &frame.payload) {
+            Ok(request) => match ctx.handler.handle(request) {
+                Handled::Now(reply) => reply,
+                Handled::Later(pending) => {
+                    let answers = answers.clone();
+                    waiting.spawn(async move {
+                        // If the writer is gone the client is too; the
+                        // answer has nowhere to go.
+                        if answers.send(encode(&pending.await, version)).await.is_err() {
+                            tracing::debug!("answer dropped: connection closing");
+                        }
+                    });
+                    continue;
+                }
+            },
+            Err(DecodeError::Unanswerable { op, reason }) => {
+                break Err(ConnectionError::Protocol(format!("op {op}: {reason}")));
+            }
+            Err(DecodeError::UnknownOperation { op, request_id }) => {
+                if version == ProtocolVersion::V1_0_0 {
+                    // 1.0.0 clients know neither op 17 nor status 18; any
+                    // answer would break them, so this request gets none.
+                    tracing::warn!(op, %request_id, "unknown operation from a 1.0.0 client, not answered");
+                    continue;
+                }
+                Reply {
+                    request_id,
+                    body: ReplyBody::UnknownOperation(format!("operation {op} is not supported")),
+                }
+            }
+            Err(DecodeError::Invalid {
+                request_id,
+                response_op,
+                message,
+            }) => Reply {
+                request_id,
+                body: ReplyBody::Rejected {
+                    op: response_op,
+                    failure: Failure::new(StatusCode::InvalidRequest, message),
+                },
+            },
+        };
+        if answers.send(encode(&reply, version)).await.is_err() {
+            break Err(ConnectionError::WriterGone);
+        }
+    };
+    // The client is gone or we are stopping: waiting reads have no one to
+    // answer. Answers already queued are still written before the close.
+    waiting.shutdown().await;
+    drop(answers);
+    match write_task.await {
+        Ok(Ok(())) => outcome,
+        Ok(Err(e)) => outcome.and(Err(e.into())),
+        Err(join) => outcome.and(Err(ConnectionError::Protocol(format!(
+            "writer task failed: {join}"
+        )))),
+    }
+}
+
+fn encode(reply: &Reply, version: ProtocolVersion) -> Bytes {
+    let mut buf = BytesMut::new();
+    reply.encode_frame(version, &mut buf);
+    buf.freeze()
+}
+
+/// Writes answers as whole frames; frames that are ready together go out in
+/// one write. Closes the socket (FIN) when the queue ends, because Node's
+/// `close()` only half-closes and waits for the server's FIN.
+async fn write_answers(
+    mut writer: OwnedWriteHalf,
+    mut queue: mpsc::Receiver<Bytes>,
+) -> std::io::Result<()> {
+    let mut batch = BytesMut::new();
+    while let Some(frame) = queue.recv().await {
+        if frame.len() >= COALESCE_LIMIT {
+            writer.write_all(&frame).await?;
+            continue;
+        }
+        batch.extend_from_slice(&frame);
+        while batch.len() < COALESCE_LIMIT {
+            match queue.try_recv() {
+                Ok(next) => batch.extend_from_slice(&next),
+                Err(_) => break,
+            }
+        }
+        writer.write_all(&batch).await?;
+        batch.clear();
+    }
+    writer.shutdown().await
+}

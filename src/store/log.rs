@@ -1,0 +1,65 @@
+//! The storage seam: what a stream needs from the place its messages live.
+//!
+//! A log is a run of segments, oldest first, each holding consecutive
+//! sequence numbers; the newest one may be *active* (still appended to).
+//! Retention ([`super::retention`]) decides, and the stream carries out, which
+//! sealed segments leave; the log only does what it is told. [`MemoryLog`]
+//! (`super::memory`) keeps segments in memory; the file log fills the same
+//! trait with segment files.
+
+use crate::protocol::model::Message;
+use bytes::Bytes;
+
+/// Bytes a record costs on top of its payload, counted against `maxSize`
+/// and in `totalBytes` whatever the persistence: the file log's record header
+/// (length, CRC32C, sequence number, ingest time).
+pub const RECORD_OVERHEAD: u64 = 4 + 4 + 8 + 8;
+
+/// What retention needs to know of a segment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SegmentInfo {
+    pub first_sequence_number: i64,
+    /// One past the last sequence number in the segment.
+    pub next_sequence_number: i64,
+    /// Payloads plus [`RECORD_OVERHEAD`] per message.
+    pub bytes: u64,
+    /// Ingest time of the segment's newest message.
+    pub newest_ingest_time: i64,
+    pub sealed: bool,
+}
+
+/// A storage failure below the stream layer.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("corrupt data: {0}")]
+    Corrupt(String),
+}
+
+pub trait SegmentLog: Send {
+    /// The sequence number the next append gets.
+    fn next_sequence_number(&self) -> i64;
+    /// The oldest retained segment.
+    fn oldest_segment(&self) -> Option<SegmentInfo>;
+    /// The segment appends go to, if one is open.
+    fn active_segment(&self) -> Option<SegmentInfo>;
+    /// Sum of the segments' bytes.
+    fn total_bytes(&self) -> u64;
+    /// Appends to the active segment, opening one if none is; returns the
+    /// message's sequence number.
+    fn append(&mut self, ingest_time: i64, payload: Bytes) -> Result<i64, StorageError>;
+    /// Closes the active segment to appends.
+    fn seal_active(&mut self) -> Result<(), StorageError>;
+    /// Removes the oldest segment, which must be sealed.
+    fn remove_oldest_segment(&mut self) -> Result<(), StorageError>;
+    /// Up to `max_count` consecutive messages from `from` (which the caller
+    /// has clamped to the retained range), stopping before `max_bytes` of
+    /// payload would be exceeded (at least one message is returned if any).
+    fn read(
+        &self,
+        from: i64,
+        max_count: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Message>, StorageError>;
+}

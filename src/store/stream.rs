@@ -1,0 +1,267 @@
+//! One message stream: its definition, its log, its export progress, and the
+//! signal long-polling readers wait on. Every change to a stream happens
+//! under its one lock, so appends and retention are serialised (one writer).
+
+use super::log::{SegmentLog, RECORD_OVERHEAD};
+use super::retention::{self, Room};
+use super::StoreError;
+use crate::protocol::model::{
+    ExportStatus, Message, MessageStreamDefinition, MessageStreamInfo, ReadMessagesOptions,
+    StorageStatus,
+};
+use bytes::Bytes;
+use std::sync::{Mutex, MutexGuard};
+use tokio::sync::watch;
+
+pub struct Stream {
+    name: String,
+    state: Mutex<StreamState>,
+    /// Bumped after every append and on delete; readers waiting for messages
+    /// subscribe before they look, so no append can slip between.
+    changed: watch::Sender<()>,
+}
+
+struct StreamState {
+    definition: MessageStreamDefinition,
+    log: Box<dyn SegmentLog>,
+    exports: Vec<ExportStatus>,
+    deleted: bool,
+}
+
+/// The outcome of a read attempt that does not wait.
+#[derive(Debug)]
+pub enum ReadAttempt {
+    Ready(Vec<Message>),
+    /// Fewer than `minMessageCount` messages are there yet.
+    Short {
+        start: i64,
+        available: i64,
+    },
+}
+
+impl Stream {
+    pub fn new(definition: MessageStreamDefinition, log: Box<dyn SegmentLog>) -> Self {
+        let exports = fresh_export_statuses(&definition, &[]);
+        Stream {
+            name: definition.name.clone(),
+            state: Mutex::new(StreamState {
+                definition,
+                log,
+                exports,
+                deleted: false,
+            }),
+            changed: watch::Sender::new(()),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn lock(&self) -> Result<MutexGuard<'_, StreamState>, StoreError> {
+        // A panic while holding the lock leaves the stream in an unknown
+        // state; refuse further use rather than guess.
+        let state = self
+            .state
+            .lock()
+            .map_err(|_| StoreError::Poisoned(self.name.clone()))?;
+        if state.deleted {
+            return Err(StoreError::NotFound(self.name.clone()));
+        }
+        Ok(state)
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<()> {
+        self.changed.subscribe()
+    }
+
+    /// Appends one message, making room first as the stream's strategy says.
+    pub fn append(&self, payload: Bytes, now_millis: i64) -> Result<i64, StoreError> {
+        let mut state = self.lock()?;
+        let def = &state.definition;
+        let record = payload.len() as u64 + RECORD_OVERHEAD;
+        let max_size = def.max_size as u64;
+        let segment_size = def.stream_segment_size as u64;
+        let strategy = def.strategy_on_full;
+        state.expire(now_millis)?;
+        loop {
+            match retention::make_room(state.log.total_bytes(), record, max_size, strategy) {
+                Room::Fits => break,
+                Room::DropOldest => state.drop_oldest()?,
+                Room::Refuse if record > max_size => {
+                    return Err(StoreError::MessageTooLarge {
+                        name: self.name.clone(),
+                        bytes: record,
+                        max_size,
+                    })
+                }
+                Room::Refuse => {
+                    return Err(StoreError::Full {
+                        name: self.name.clone(),
+                        max_size,
+                    })
+                }
+            }
+        }
+        if let Some(active) = state.log.active_segment() {
+            if retention::seal_before_append(&active, record, segment_size) {
+                state.log.seal_active().map_err(StoreError::Write)?;
+            }
+        }
+        let seq = state
+            .log
+            .append(now_millis, payload)
+            .map_err(StoreError::Write)?;
+        drop(state);
+        self.changed.send_replace(());
+        Ok(seq)
+    }
+
+    /// Reads what is there now, without waiting.
+    pub fn try_read(
+        &self,
+        options: &ReadMessagesOptions,
+        now_millis: i64,
+        max_response_bytes: usize,
+    ) -> Result<ReadAttempt, StoreError> {
+        let mut state = self.lock()?;
+        state.expire(now_millis)?;
+        let next = state.log.next_sequence_number();
+        let start = options
+            .desired_start_sequence_number
+            .max(state.oldest_sequence_number());
+        let available = (next - start).max(0);
+        if available < options.min_message_count {
+            return Ok(ReadAttempt::Short { start, available });
+        }
+        let max_count =
+            usize::try_from(options.max_message_count.min(available)).unwrap_or(usize::MAX);
+        let messages = state
+            .log
+            .read(start, max_count, max_response_bytes)
+            .map_err(StoreError::Read)?;
+        if (messages.len() as i64) < options.min_message_count {
+            return Err(StoreError::ResponseTooLarge {
+                name: self.name.clone(),
+                min: options.min_message_count,
+                max_bytes: max_response_bytes,
+            });
+        }
+        Ok(ReadAttempt::Ready(messages))
+    }
+
+    pub fn describe(&self, now_millis: i64) -> Result<MessageStreamInfo, StoreError> {
+        let mut state = self.lock()?;
+        state.expire(now_millis)?;
+        let next = state.log.next_sequence_number();
+        Ok(MessageStreamInfo {
+            definition: state.definition.clone(),
+            storage_status: StorageStatus {
+                oldest_sequence_number: state.oldest_sequence_number(),
+                // For an empty stream this is oldest - 1 (weir decision).
+                newest_sequence_number: next - 1,
+                total_bytes: i64::try_from(state.log.total_bytes()).unwrap_or(i64::MAX),
+            },
+            export_statuses: state.exports.clone(),
+        })
+    }
+
+    /// Replaces the definition. `persistence` is fixed for a stream's life and
+    /// `maxSize` may not drop below what the stream holds; exports keep their
+    /// progress when their identifier stays.
+    pub fn update(
+        &self,
+        definition: MessageStreamDefinition,
+        now_millis: i64,
+    ) -> Result<(), StoreError> {
+        let mut state = self.lock()?;
+        if definition.persistence != state.definition.persistence {
+            return Err(StoreError::PersistenceChange(self.name.clone()));
+        }
+        state.expire(now_millis)?;
+        let current = state.log.total_bytes();
+        if (definition.max_size as u64) < current {
+            return Err(StoreError::ShrinkBelowSize {
+                name: self.name.clone(),
+                max_size: definition.max_size,
+                current,
+            });
+        }
+        state.exports = fresh_export_statuses(&definition, &state.exports);
+        state.definition = definition;
+        drop(state);
+        Ok(())
+    }
+
+    /// Applies TTL now (the background sweep; appends and reads also do it).
+    pub fn enforce_retention(&self, now_millis: i64) -> Result<(), StoreError> {
+        self.lock()?.expire(now_millis)
+    }
+
+    /// Marks the stream gone and wakes its waiting readers.
+    pub fn delete(&self) {
+        if let Ok(mut state) = self.state.lock() {
+            state.deleted = true;
+        }
+        self.changed.send_replace(());
+    }
+}
+
+impl StreamState {
+    fn oldest_sequence_number(&self) -> i64 {
+        self.log
+            .oldest_segment()
+            .map_or(self.log.next_sequence_number(), |s| s.first_sequence_number)
+    }
+
+    /// Drops the oldest segment, sealing it first if it is the active one.
+    fn drop_oldest(&mut self) -> Result<(), StoreError> {
+        if let Some(oldest) = self.log.oldest_segment() {
+            if !oldest.sealed {
+                self.log.seal_active().map_err(StoreError::Write)?;
+            }
+            self.log
+                .remove_oldest_segment()
+                .map_err(StoreError::Write)?;
+        }
+        Ok(())
+    }
+
+    fn expire(&mut self, now_millis: i64) -> Result<(), StoreError> {
+        let ttl = self.definition.time_to_live_millis;
+        while let Some(oldest) = self.log.oldest_segment() {
+            if !retention::expired(&oldest, ttl, now_millis) {
+                break;
+            }
+            self.drop_oldest()?;
+        }
+        Ok(())
+    }
+}
+
+/// Export statuses for `definition`, keeping the progress of exports whose
+/// identifier already existed.
+fn fresh_export_statuses(
+    definition: &MessageStreamDefinition,
+    previous: &[ExportStatus],
+) -> Vec<ExportStatus> {
+    definition
+        .export_definition
+        .starts()
+        .into_iter()
+        .map(|(id, start)| {
+            previous
+                .iter()
+                .find(|p| p.export_config_identifier == id)
+                .cloned()
+                .unwrap_or_else(|| ExportStatus {
+                    export_config_identifier: id.to_owned(),
+                    last_exported_sequence_number: start - 1,
+                    last_export_time: None,
+                    error_message: None,
+                    exported_bytes_from_stream: 0,
+                    exported_messages_count: 0,
+                })
+        })
+        .collect()
+}
