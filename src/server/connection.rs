@@ -77,17 +77,17 @@ async fn serve_client(
 ) -> Result<(), ConnectionError> {
     // Clients (Java explicitly) want answers without Nagle delays.
     socket.set_nodelay(true)?;
-    let (mut reader, mut writer) = socket.into_split();
+    let (reader, mut writer) = socket.into_split();
     let handshake = tokio::time::timeout(
         HANDSHAKE_TIMEOUT,
-        handshake(&mut reader, &mut writer, ctx, client),
+        handshake(reader, &mut writer, ctx, client),
     );
-    let version = tokio::select! {
+    let outcome = tokio::select! {
         result = handshake => result.map_err(|_| ConnectionError::HandshakeTimeout(HANDSHAKE_TIMEOUT))?,
         () = shutdown.cancelled() => return Ok(()),
     };
-    let (version, frames) = match version {
-        Ok((version, leftover)) => (version, with_leftover(reader, leftover, ctx.max_frame_len)),
+    let (version, frames) = match outcome {
+        Ok(accepted) => accepted,
         Err(e) => {
             writer.shutdown().await.ok();
             return Err(e);
@@ -97,20 +97,15 @@ async fn serve_client(
     session(frames, writer, ctx, version, shutdown).await
 }
 
-fn with_leftover(reader: OwnedReadHalf, leftover: BytesMut, max_frame_len: usize) -> Frames {
-    let mut frames = FramedRead::new(reader, FrameCodec::new(max_frame_len));
-    frames.read_buffer_mut().extend_from_slice(&leftover);
-    frames
-}
-
 /// Reads `01` + Connect, answers `01` + ConnectResponse. Returns the
-/// negotiated version and any bytes read past the Connect frame.
+/// negotiated version and the frame reader, which may already hold requests
+/// the client sent right behind its Connect.
 async fn handshake(
-    reader: &mut OwnedReadHalf,
+    mut reader: OwnedReadHalf,
     writer: &mut OwnedWriteHalf,
     ctx: &ServerContext,
     client: String,
-) -> Result<(ProtocolVersion, BytesMut), ConnectionError> {
+) -> Result<(ProtocolVersion, Frames), ConnectionError> {
     let refuse = |request_id: Option<String>, status: StatusCode, message: String| {
         ConnectResponse::refusal(request_id, status, message, &ctx.server_version)
     };
@@ -128,7 +123,7 @@ async fn handshake(
         .await?;
         return Err(ConnectionError::Refused(message));
     }
-    let mut frames = FramedRead::new(&mut *reader, FrameCodec::new(ctx.max_frame_len));
+    let mut frames = FramedRead::new(reader, FrameCodec::new(ctx.max_frame_len));
     let frame = match frames.next().await {
         Some(frame) => frame?,
         None => {
@@ -137,7 +132,6 @@ async fn handshake(
             ))
         }
     };
-    let leftover = std::mem::take(frames.read_buffer_mut());
     let request = match ConnectRequest::decode(&frame) {
         Ok(request) => request,
         Err(message) => {
@@ -183,7 +177,7 @@ async fn handshake(
         client_identifier: Some(client),
     };
     send_connect_response(writer, &accepted).await?;
-    Ok((version, leftover))
+    Ok((version, frames))
 }
 
 async fn send_connect_response(
