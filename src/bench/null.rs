@@ -47,7 +47,7 @@ impl RequestHandler for NullHandler {
             RequestBody::ListStreams => ReplyBody::ListStreams(Ok(Vec::new())),
             RequestBody::DescribeMessageStream { name } => {
                 let def = MessageStreamDefinition::with_defaults(name);
-                ReplyBody::DescribeMessageStream(Ok(MessageStreamInfo {
+                ReplyBody::DescribeMessageStream(Ok(Box::new(MessageStreamInfo {
                     definition: def,
                     storage_status: StorageStatus {
                         oldest_sequence_number: 0,
@@ -55,7 +55,7 @@ impl RequestHandler for NullHandler {
                         total_bytes: 0,
                     },
                     export_statuses: Vec::new(),
-                }))
+                })))
             }
             RequestBody::ReadMessages {
                 stream_name,

@@ -43,7 +43,8 @@ pub enum ReplyBody {
         result: Result<Vec<Message>, Failure>,
     },
     ListStreams(Result<Vec<String>, Failure>),
-    DescribeMessageStream(Result<MessageStreamInfo, Failure>),
+    /// Boxed: a stream's info dwarfs every other answer.
+    DescribeMessageStream(Result<Box<MessageStreamInfo>, Failure>),
     /// Op 17: the request's operation is not implemented.
     UnknownOperation(String),
     /// A known operation whose request could not be decoded; answered on

@@ -74,7 +74,7 @@ fn handle(store: &Arc<Store>, request: Request) -> Handled {
         ))),
         RequestBody::ListStreams => now(ReplyBody::ListStreams(Ok(store.list()))),
         RequestBody::DescribeMessageStream { name } => now(ReplyBody::DescribeMessageStream(
-            answer(store.describe(&name)),
+            answer(store.describe(&name).map(Box::new)),
         )),
         RequestBody::UpdateMessageStream { definition } => now(ReplyBody::UpdateMessageStream(
             answer(store.update(definition)),
