@@ -270,6 +270,10 @@ kase('long-poll-satisfied-by-append-on-same-client', async (c) => {
     let settled = null;
     read.then((m) => { settled = ['resolved', m]; }, (e) => { settled = ['rejected', e]; });
     eq(await c.appendMessage('cf-longpoll', B('during-1')), 1, 'append while the read waits');
+    if (settled !== null && settled[0] === 'rejected') {
+        throw new CaseFailure(`the long-poll read ended with ${settled[1].constructor.name}: ${settled[1].message} before the append `
+            + 'sent while it waited was answered (requests on one connection not handled concurrently?)');
+    }
     need(settled === null, `read settled after one append although minMessageCount is 2: ${show(settled)}`);
     eq(await c.appendMessage('cf-longpoll', B('during-2')), 2, 'second append while the read waits');
     let msgs;

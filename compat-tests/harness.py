@@ -131,6 +131,9 @@ class Weir:
             raise HarnessError(f"weir did not exit within {STOP_DEADLINE_S}s of SIGTERM:\n{self.log_tail()}")
         self._drainer.join(5)
         self._cleanup()
+        panics = [l for l in self.log_lines if "panicked" in l]
+        if panics:
+            raise HarnessError(f"weir panicked during the run (exit status {rc}):\n{self.log_tail()}")
         if rc != 0:
             raise HarnessError(f"weir exited with status {rc} after SIGTERM (expected 0):\n{self.log_tail()}")
 
@@ -202,13 +205,6 @@ class Report:
     def fail(self, case, reason):
         self.failed.append((case, reason))
         print(f"FAIL {case}: {reason}", flush=True)
-
-    def check(self, case, cond, reason, detail=""):
-        if cond:
-            self.ok(case, detail)
-        else:
-            self.fail(case, reason)
-        return cond
 
     def finish(self):
         print(f"== {self.title}: {len(self.passed)} passed, {len(self.failed)} failed", flush=True)

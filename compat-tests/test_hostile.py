@@ -128,7 +128,7 @@ class Hostile:
 
     # -- handshake shape (the reference every hostile case is compared to)
     def good_handshake_shape(self):
-        for version, others in (("1.1.0", True), ("1.0.0", False)):
+        for version in ("1.1.0", "1.0.0"):
             rid = f"shape-{version}"
             sock, resp = handshake(self.port, self.token, version, request_id=rid)
             sock.close()
@@ -282,6 +282,55 @@ class Hostile:
         finally:
             sock.close()
 
+    # -- ops 15/16 do not exist in protocol 1.0.0: whatever weir does with an update
+    #    request there, a 1.0.0 connection must never see status > 14 or op 17
+    def update_on_v100(self):
+        sock, resp = handshake(self.port, self.token, "1.0.0")
+        try:
+            # Changing persistence would be status 17 on a 1.1.0 connection.
+            upd = {"requestId": "v1-update", "definition": {"name": STREAM, "strategyOnFull": 0, "persistence": 1}}
+            sock.sendall(frame(15, cbor2.dumps(upd)) + frame(11, cbor2.dumps({"requestId": "v1-sentinel-1"})))
+            sock.sendall(frame(11, cbor2.dumps({"requestId": "v1-sentinel-2"})))
+            seen = []
+            while "v1-sentinel-2" not in [b.get("requestId") for _, b in seen]:
+                seen.append(read_frame(sock))
+            for op, body in seen:
+                assert op in (12, 16), f"1.0.0 connection received op {op}: {body!r}"
+                assert isinstance(body.get("status"), int) and 0 <= body["status"] <= 14, f"1.0.0 connection received {body!r}"
+            answered = [b for op, b in seen if op == 16]
+            return f"update answered with status {answered[0]['status']}" if answered else "update not answered"
+        finally:
+            sock.close()
+
+    # -- a client that half-closes (Node's close() is socket.end()) must see the server close
+    def half_close(self):
+        sock, _ = handshake(self.port, self.token)
+        sock.shutdown(socket.SHUT_WR)
+        state = wait_closed(sock)
+        assert state == "closed", f"after the client's FIN the connection is {state}"
+
+    # -- a connection that goes away while its long-poll read is pending
+    def abandoned_long_poll(self):
+        for _ in range(3):
+            sock, _ = handshake(self.port, self.token)
+            sock.sendall(frame(5, cbor2.dumps({"requestId": "abandoned", "streamName": STREAM, "readMessagesOptions": {
+                "desiredStartSequenceNumber": 10**6, "minMessageCount": 1, "readTimeoutMillis": 30000}})))
+            sock.close()
+        # The server carries on; appends still wake other readers normally.
+        sock, _ = handshake(self.port, self.token)
+        try:
+            n = len(self.payloads)
+            sock.sendall(frame(5, cbor2.dumps({"requestId": "waiter", "streamName": STREAM, "readMessagesOptions": {
+                "desiredStartSequenceNumber": n, "minMessageCount": 1, "maxMessageCount": 1, "readTimeoutMillis": 30000}})))
+            seq = self.client.append_message(STREAM, b"wake-up")
+            assert seq == n, f"append got sequence number {seq}, expected {n}"
+            self.payloads.append(b"wake-up")
+            op, body = read_frame(sock)
+            assert op == 10 and body.get("status") == 0 and [m["payload"] for m in body.get("messages", [])] == [b"wake-up"], \
+                f"waiting read answer op {op}: {body!r}"
+        finally:
+            sock.close()
+
     # -- afterwards: everything still works and nothing was lost
     def survivors(self):
         sm = self.sdk
@@ -318,12 +367,16 @@ def main():
         h.case("e-bad-token-status-2-then-close", h.bad_tokens)
         h.case("bad-fields-status-3-connection-usable", h.bad_fields)
         h.case("fragmented-and-pipelined-frames", h.fragmented_and_pipelined)
+        h.case("update-on-1.0.0-never-status-above-14", h.update_on_v100)
+        h.case("client-half-close-is-closed", h.half_close)
+        h.case("abandoned-long-polls-harmless", h.abandoned_long_poll)
         h.case("sdk-client-and-data-survive", h.survivors)
     except BaseException:
         weir.kill()
         raise
     # weir is stopped (SIGTERM, must exit 0) while the SDK client and the idle raw
     # connection are still connected: idle clients must not block shutdown.
+    print("(stopping weir with clients still connected; SDK reconnect errors on stderr are expected)", flush=True)
     try:
         weir.stop()
         report.ok("sigterm-with-open-connections-exits-0")

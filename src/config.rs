@@ -16,6 +16,7 @@
 //! | `WEIR_AUTH_TOKEN_FILE` | `<store root>/auth_token`, created if missing | accepted tokens, one per line |
 //! | `WEIR_MAX_FRAME_BYTES` | 1073741824 | largest request frame; larger closes the connection |
 //! | `WEIR_MAX_CONNECTIONS` | 1024 | concurrent client connections |
+//! | `WEIR_SYNC_INTERVAL_MS` | 1000 | how often appends to `File` streams without `flushOnWrite` are synced: a power cut can take at most this much |
 
 use crate::protocol::MAX_FRAME_LEN;
 use std::net::{IpAddr, Ipv4Addr};
@@ -44,6 +45,7 @@ pub struct Config {
     pub exporter_thread_pool_size: usize,
     pub s3_multipart_min_part_size: u64,
     pub log_level: String,
+    pub sync_interval: std::time::Duration,
 }
 
 pub const DEFAULT_PORT: u16 = 8088;
@@ -129,6 +131,14 @@ impl Config {
                 5_242_880,
             )?,
             log_level: get("LOG_LEVEL").unwrap_or_else(|| "INFO".into()),
+            sync_interval: std::time::Duration::from_millis(
+                parse(
+                    "WEIR_SYNC_INTERVAL_MS",
+                    get("WEIR_SYNC_INTERVAL_MS"),
+                    1000u64,
+                )?
+                .max(1),
+            ),
         })
     }
 

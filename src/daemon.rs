@@ -7,6 +7,8 @@ use crate::config::Config;
 use crate::protocol::MAX_FRAME_LEN;
 use crate::server::dispatch::StoreHandler;
 use crate::server::{self, ServerContext};
+use crate::store::fs::StdFs;
+use crate::store::log::StorageError;
 use crate::store::{Store, StoreLimits};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -26,6 +28,8 @@ pub enum DaemonError {
     },
     #[error(transparent)]
     Auth(#[from] AuthError),
+    #[error("cannot open the store in {path}: {source}")]
+    Store { path: String, source: StorageError },
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -63,13 +67,23 @@ pub async fn run(
         tracing::warn!("client authentication is off: any local process may connect");
         Authenticator::Disabled
     };
-    let store = Arc::new(Store::new(
+    let limits = StoreLimits {
+        // Room for the response's own keys beside the payloads.
+        max_read_bytes: MAX_FRAME_LEN - 64 * 1024,
+    };
+    let started = std::time::Instant::now();
+    let store = Store::open(
+        Arc::new(StdFs),
+        &config.store_root,
         Arc::new(SystemClock),
-        StoreLimits {
-            // Room for the response's own keys beside the payloads.
-            max_read_bytes: MAX_FRAME_LEN - 64 * 1024,
-        },
-    ));
+        limits,
+    )
+    .map_err(|source| DaemonError::Store {
+        path: config.store_root.display().to_string(),
+        source,
+    })?;
+    tracing::info!(streams = store.list().len(), elapsed = ?started.elapsed(), "store opened");
+    let store = Arc::new(store);
     let addr = SocketAddr::new(config.bind_address, config.port);
     let listener = TcpListener::bind(addr)
         .await
@@ -81,18 +95,40 @@ pub async fn run(
     on_ready(local);
 
     let sweeper = tokio::spawn(sweep_retention(Arc::clone(&store), shutdown.clone()));
+    let syncer = tokio::spawn(sync_periodically(
+        Arc::clone(&store),
+        config.sync_interval,
+        shutdown.clone(),
+    ));
     let ctx = Arc::new(ServerContext::new(
-        Arc::new(StoreHandler(store)),
+        Arc::new(StoreHandler(Arc::clone(&store))),
         auth,
         config.max_frame_len,
         server_version(),
     ));
     server::run(listener, ctx, config.max_connections, shutdown).await;
-    if let Err(e) = sweeper.await {
-        tracing::error!(error = %e, "retention task failed");
+    for (task, what) in [(sweeper, "retention"), (syncer, "sync")] {
+        if let Err(e) = task.await {
+            tracing::error!(error = %e, "{what} task failed");
+        }
     }
+    // Connections are closed: make everything acknowledged durable.
+    store.sync_all().await;
     tracing::info!("weir stopped");
     Ok(())
+}
+
+/// Bounds what a power cut can take from streams without `flushOnWrite`:
+/// at most the appends of the last `interval`.
+async fn sync_periodically(store: Arc<Store>, interval: Duration, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => store.sync_all().await,
+            () = shutdown.cancelled() => return,
+        }
+    }
 }
 
 async fn sweep_retention(store: Arc<Store>, shutdown: CancellationToken) {

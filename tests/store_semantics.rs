@@ -66,8 +66,8 @@ fn sequence_numbers_start_at_zero_and_restart_with_the_stream() {
     let (store, _) = store();
     let def = MessageStreamDefinition::with_defaults("s".into());
     store.create(def.clone()).unwrap();
-    assert_eq!(store.append("s", payload(0)).unwrap(), 0);
-    assert_eq!(store.append("s", payload(1)).unwrap(), 1);
+    assert_eq!(store.append("s", payload(0)).unwrap().sequence_number, 0);
+    assert_eq!(store.append("s", payload(1)).unwrap().sequence_number, 1);
     assert!(matches!(
         store.create(def.clone()),
         Err(StoreError::AlreadyExists(_))
@@ -79,7 +79,7 @@ fn sequence_numbers_start_at_zero_and_restart_with_the_stream() {
         Err(StoreError::NotFound(_))
     ));
     store.create(def).unwrap();
-    assert_eq!(store.append("s", payload(0)).unwrap(), 0);
+    assert_eq!(store.append("s", payload(0)).unwrap().sequence_number, 0);
 }
 
 #[test]
@@ -156,7 +156,13 @@ fn reject_new_data_refuses_and_keeps_everything() {
         .enumerate()
         .all(|(i, m)| m.payload == payload(i as u8)));
     // 992 bytes held: a 1-byte message (25 bytes) still fits, a second does not.
-    assert_eq!(store.append("s", Bytes::from_static(b"x")).unwrap(), 8);
+    assert_eq!(
+        store
+            .append("s", Bytes::from_static(b"x"))
+            .unwrap()
+            .sequence_number,
+        8
+    );
     assert!(matches!(
         store.append("s", Bytes::from_static(b"y")),
         Err(StoreError::Full { .. })
@@ -194,7 +200,7 @@ fn ttl_removes_expired_segments_and_keeps_the_sequence() {
         (11, 10, 0)
     );
     assert_eq!(
-        store.append("s", payload(11)).unwrap(),
+        store.append("s", payload(11)).unwrap().sequence_number,
         11,
         "numbering survives an empty stream"
     );

@@ -31,13 +31,17 @@ for _ in range(APPENDS):
     client.append_message(STREAM, PAYLOAD)
 append_s = time.perf_counter() - started
 
-read = 0
-started = time.perf_counter()
-while read < APPENDS:
-    messages = client.read_messages(
-        STREAM, ReadMessagesOptions(desired_start_sequence_number=read, min_message_count=1, max_message_count=100)
-    )
-    read += len(messages)
-read_s = time.perf_counter() - started
+# Three passes over everything appended; the median pass is reported, so a
+# cold first pass (Python warming up its decoder) does not decide the figure.
+pass_rates = []
+for _ in range(3):
+    read = 0
+    started = time.perf_counter()
+    while read < APPENDS:
+        messages = client.read_messages(
+            STREAM, ReadMessagesOptions(desired_start_sequence_number=read, min_message_count=1, max_message_count=100)
+        )
+        read += len(messages)
+    pass_rates.append(read / (time.perf_counter() - started))
 client.close()
-print(json.dumps({"append_per_s": APPENDS / append_s, "read_msgs_per_s": read / read_s, "appended": APPENDS, "read": read}))
+print(json.dumps({"append_per_s": APPENDS / append_s, "read_msgs_per_s": sorted(pass_rates)[1], "appended": APPENDS, "read": read}))

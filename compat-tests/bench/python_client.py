@@ -37,7 +37,7 @@ def start(cmd, env):
 def run_round(kind, binary, client_python, appends):
     with tempfile.TemporaryDirectory() as store:
         env = dict(os.environ, STREAM_MANAGER_SERVER_PORT="0", STREAM_MANAGER_STORE_ROOT_DIR=store,
-                   STREAM_MANAGER_AUTHENTICATE_CLIENT="false", LOG_LEVEL="WARN")
+                   STREAM_MANAGER_AUTHENTICATE_CLIENT="false", LOG_LEVEL="INFO")
         cmd = [binary] if kind == "weir" else [binary, "bench", "null-server"]
         proc, port = start(cmd, env)
         try:

@@ -26,7 +26,9 @@ pub fn failure(error: &StoreError) -> Failure {
             StatusCode::UpdateNotAllowed
         }
         StoreError::Read(_) => StatusCode::MessageStoreReadError,
-        StoreError::Write(_) | StoreError::Poisoned(_) => StatusCode::UnknownFailure,
+        StoreError::Write(_) | StoreError::Poisoned(_) | StoreError::WritesStopped { .. } => {
+            StatusCode::UnknownFailure
+        }
     };
     Failure::new(status, error.to_string())
 }
@@ -69,9 +71,24 @@ fn handle(store: &Arc<Store>, request: Request) -> Handled {
         RequestBody::DeleteMessageStream { name } => {
             now(ReplyBody::DeleteMessageStream(answer(store.delete(&name))))
         }
-        RequestBody::AppendMessage { name, payload } => now(ReplyBody::AppendMessage(answer(
-            store.append(&name, payload),
-        ))),
+        RequestBody::AppendMessage { name, payload } => match store.append(&name, payload) {
+            Ok(appended) if appended.flush => {
+                // flushOnWrite: acknowledged once synced; the sync is shared
+                // with every append waiting at the same time.
+                let store = Arc::clone(store);
+                let seq = appended.sequence_number;
+                Handled::Later(Box::pin(async move {
+                    let result = answer(store.durable(&name, seq).await.map(|()| seq));
+                    Reply {
+                        request_id,
+                        body: ReplyBody::AppendMessage(result),
+                    }
+                }))
+            }
+            result => now(ReplyBody::AppendMessage(answer(
+                result.map(|a| a.sequence_number),
+            ))),
+        },
         RequestBody::ListStreams => now(ReplyBody::ListStreams(Ok(store.list()))),
         RequestBody::DescribeMessageStream { name } => now(ReplyBody::DescribeMessageStream(
             answer(store.describe(&name).map(Box::new)),

@@ -7,8 +7,10 @@
 //! (`super::memory`) keeps segments in memory; the file log fills the same
 //! trait with segment files.
 
+use super::fs::FileHandle;
 use crate::protocol::model::Message;
 use bytes::Bytes;
+use std::sync::Arc;
 
 /// Bytes a record costs on top of its payload, counted against `maxSize`
 /// and in `totalBytes` whatever the persistence: the file log's record header
@@ -35,6 +37,10 @@ pub enum StorageError {
     Io(#[from] std::io::Error),
     #[error("corrupt data: {0}")]
     Corrupt(String),
+    /// A failed fsync: after one, the page cache can no longer be trusted to
+    /// hold what was written (fsyncgate), so the stream stops taking writes.
+    #[error("fsync failed: {0}")]
+    Sync(std::io::Error),
 }
 
 pub trait SegmentLog: Send {
@@ -62,4 +68,10 @@ pub trait SegmentLog: Send {
         max_count: usize,
         max_bytes: usize,
     ) -> Result<Vec<Message>, StorageError>;
+    /// The file to fdatasync to make every append so far durable, for group
+    /// commit outside the stream's lock; `None` when nothing is on disk or
+    /// everything written is already synced (sealed segments are).
+    fn sync_target(&self) -> Option<Arc<dyn FileHandle>> {
+        None
+    }
 }

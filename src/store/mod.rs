@@ -5,20 +5,25 @@
 //! storage seam, filled by [`memory::MemoryLog`]; [`retention`] is the pure
 //! policy of what leaves a stream.
 
+pub mod disk;
+pub mod file;
+pub mod fs;
 pub mod log;
 pub mod memory;
 pub mod retention;
+pub mod simfs;
 pub mod stream;
 
 use crate::clock::Clock;
 use crate::protocol::model::{
-    Message, MessageStreamDefinition, MessageStreamInfo, ReadMessagesOptions,
+    Message, MessageStreamDefinition, MessageStreamInfo, Persistence, ReadMessagesOptions,
 };
 use bytes::Bytes;
-use log::StorageError;
+use log::{SegmentLog, StorageError};
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
+pub use stream::Appended;
 use stream::{ReadAttempt, Stream};
 
 /// Domain errors; `server::dispatch` maps each to its wire status.
@@ -64,6 +69,8 @@ pub enum StoreError {
     Write(StorageError),
     #[error("message stream {0} is unusable after an internal error")]
     Poisoned(String),
+    #[error("message stream {name} takes no more writes until weir restarts: {reason}")]
+    WritesStopped { name: String, reason: String },
 }
 
 /// Limits the store enforces on behalf of the server.
@@ -75,17 +82,52 @@ pub struct StoreLimits {
 
 pub struct Store {
     streams: RwLock<BTreeMap<String, Arc<Stream>>>,
+    /// Folders of `File` streams; `None` for a store kept wholly in memory.
+    disk: Option<disk::StreamFolders>,
     clock: Arc<dyn Clock>,
     limits: StoreLimits,
 }
 
 impl Store {
+    /// A store that keeps every stream in memory, whatever its persistence
+    /// (tests, benchmarks of the protocol path).
     pub fn new(clock: Arc<dyn Clock>, limits: StoreLimits) -> Self {
         Store {
             streams: RwLock::new(BTreeMap::new()),
+            disk: None,
             clock,
             limits,
         }
+    }
+
+    /// A store whose `File` streams live under `root`, loading those there.
+    /// Streams that cannot be loaded are reported and skipped.
+    pub fn open(
+        fs: Arc<dyn fs::FileSystem>,
+        root: &std::path::Path,
+        clock: Arc<dyn Clock>,
+        limits: StoreLimits,
+    ) -> Result<Self, StorageError> {
+        let folders = disk::StreamFolders::new(fs, root)?;
+        let mut streams = BTreeMap::new();
+        for loaded in folders.load_all() {
+            let name = loaded.definition.name.clone();
+            tracing::info!(
+                stream = %name,
+                segments = loaded.report.segments,
+                next_sequence_number = loaded.log.next_sequence_number(),
+                truncated_bytes = loaded.report.truncated_bytes,
+                "stream loaded"
+            );
+            let stream = Stream::new(loaded.definition, Box::new(loaded.log), true);
+            streams.insert(name, Arc::new(stream));
+        }
+        Ok(Store {
+            streams: RwLock::new(streams),
+            disk: Some(folders),
+            clock,
+            limits,
+        })
     }
 
     pub fn now_millis(&self) -> i64 {
@@ -106,26 +148,64 @@ impl Store {
         if streams.contains_key(&definition.name) {
             return Err(StoreError::AlreadyExists(definition.name));
         }
-        // Both persistences use the memory log until the file log lands.
-        let log = Box::new(memory::MemoryLog::new());
-        let name = definition.name.clone();
-        streams.insert(name, Arc::new(Stream::new(definition, log)));
+        let stream = match (&self.disk, definition.persistence) {
+            (Some(disk), Persistence::File) => {
+                let log = disk.create(&definition).map_err(StoreError::Write)?;
+                Stream::new(definition, Box::new(log), true)
+            }
+            _ => Stream::new(definition, Box::new(memory::MemoryLog::new()), false),
+        };
+        streams.insert(stream.name().to_owned(), Arc::new(stream));
         Ok(())
     }
 
     pub fn delete(&self, name: &str) -> Result<(), StoreError> {
-        let stream = self
-            .streams
-            .write()
-            .expect("registry lock")
-            .remove(name)
+        let mut streams = self.streams.write().expect("registry lock");
+        let stream = streams
+            .get(name)
             .ok_or_else(|| StoreError::NotFound(name.to_owned()))?;
+        if let (Some(disk), true) = (&self.disk, stream.is_on_disk()) {
+            disk.delete(name).map_err(StoreError::Write)?;
+        }
+        let stream = streams.remove(name).expect("looked up above");
         stream.delete();
         Ok(())
     }
 
-    pub fn append(&self, name: &str, payload: Bytes) -> Result<i64, StoreError> {
+    /// Appends; the message is in the OS (survives a crash of weir) when
+    /// this returns. For a `flushOnWrite` stream, await
+    /// [`Store::durable`] before acknowledging.
+    pub fn append(&self, name: &str, payload: Bytes) -> Result<Appended, StoreError> {
         self.get(name)?.append(payload, self.now_millis())
+    }
+
+    /// Returns once message `seq` of stream `name` is synced.
+    pub async fn durable(&self, name: &str, seq: i64) -> Result<(), StoreError> {
+        self.get(name)?.sync_to(seq).await
+    }
+
+    /// Syncs everything appended to every stream on disk (the background
+    /// sync of streams without `flushOnWrite`, and shutdown).
+    pub async fn sync_all(&self) {
+        let streams: Vec<_> = self
+            .streams
+            .read()
+            .expect("registry lock")
+            .values()
+            .cloned()
+            .collect();
+        for stream in streams.into_iter().filter(|s| s.is_on_disk()) {
+            let result = match stream.next_sequence_number() {
+                Ok(next) => stream.sync_to(next - 1).await,
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(()) | Err(StoreError::NotFound(_)) => {}
+                Err(e) => {
+                    tracing::error!(stream = stream.name(), error = %e, "background sync failed")
+                }
+            }
+        }
     }
 
     pub fn list(&self) -> Vec<String> {
@@ -142,8 +222,12 @@ impl Store {
     }
 
     pub fn update(&self, definition: MessageStreamDefinition) -> Result<(), StoreError> {
-        self.get(&definition.name)?
-            .update(definition, self.now_millis())
+        let stream = self.get(&definition.name)?;
+        let disk = self.disk.as_ref().filter(|_| stream.is_on_disk());
+        stream.update(definition, self.now_millis(), |def| match disk {
+            Some(disk) => disk.save_definition(def),
+            None => Ok(()),
+        })
     }
 
     /// A read that does not wait: `Ok(None)` if it would have to.

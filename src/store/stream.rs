@@ -2,7 +2,7 @@
 //! signal long-polling readers wait on. Every change to a stream happens
 //! under its one lock, so appends and retention are serialised (one writer).
 
-use super::log::{SegmentLog, RECORD_OVERHEAD};
+use super::log::{SegmentLog, StorageError, RECORD_OVERHEAD};
 use super::retention::{self, Room};
 use super::StoreError;
 use crate::protocol::model::{
@@ -16,6 +16,8 @@ use tokio::sync::watch;
 pub struct Stream {
     name: String,
     state: Mutex<StreamState>,
+    /// Group commit for streams on disk; `None` for memory streams.
+    durability: Option<Durability>,
     /// Bumped after every append and on delete; readers waiting for messages
     /// subscribe before they look, so no append can slip between.
     changed: watch::Sender<()>,
@@ -26,6 +28,24 @@ struct StreamState {
     log: Box<dyn SegmentLog>,
     exports: Vec<ExportStatus>,
     deleted: bool,
+    /// Set by a failed fsync: the stream takes no more writes (reads go on).
+    writes_stopped: Option<String>,
+}
+
+/// Group commit: one task at a time syncs, covering every append written
+/// before its sync began; the others wait for the watermark to pass them.
+struct Durability {
+    /// Sequence numbers below this are durable.
+    synced: watch::Sender<i64>,
+    leader: tokio::sync::Mutex<()>,
+}
+
+/// An acknowledged-to-be append: its sequence number, and whether the
+/// stream promises it only once it is synced (`flushOnWrite`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    pub sequence_number: i64,
+    pub flush: bool,
 }
 
 /// The outcome of a read attempt that does not wait.
@@ -40,8 +60,14 @@ pub enum ReadAttempt {
 }
 
 impl Stream {
-    pub fn new(definition: MessageStreamDefinition, log: Box<dyn SegmentLog>) -> Self {
+    /// `on_disk`: appends are written to files and can be synced.
+    pub fn new(
+        definition: MessageStreamDefinition,
+        log: Box<dyn SegmentLog>,
+        on_disk: bool,
+    ) -> Self {
         let exports = fresh_export_statuses(&definition, &[]);
+        let next = log.next_sequence_number();
         Stream {
             name: definition.name.clone(),
             state: Mutex::new(StreamState {
@@ -49,9 +75,18 @@ impl Stream {
                 log,
                 exports,
                 deleted: false,
+                writes_stopped: None,
+            }),
+            durability: on_disk.then(|| Durability {
+                synced: watch::Sender::new(next),
+                leader: tokio::sync::Mutex::new(()),
             }),
             changed: watch::Sender::new(()),
         }
+    }
+
+    pub fn is_on_disk(&self) -> bool {
+        self.durability.is_some()
     }
 
     pub fn name(&self) -> &str {
@@ -76,8 +111,37 @@ impl Stream {
     }
 
     /// Appends one message, making room first as the stream's strategy says.
-    pub fn append(&self, payload: Bytes, now_millis: i64) -> Result<i64, StoreError> {
+    /// The message is in the operating system (it survives weir crashing)
+    /// when this returns; `Appended::flush` says whether it must also be
+    /// synced ([`Stream::sync_to`]) before it is acknowledged.
+    pub fn append(&self, payload: Bytes, now_millis: i64) -> Result<Appended, StoreError> {
         let mut state = self.lock()?;
+        if let Some(reason) = &state.writes_stopped {
+            return Err(StoreError::WritesStopped {
+                name: self.name.clone(),
+                reason: reason.clone(),
+            });
+        }
+        let result = self.append_locked(&mut state, payload, now_millis);
+        if let Err(StoreError::Write(StorageError::Sync(e))) = &result {
+            state.writes_stopped = Some(e.to_string());
+        }
+        let flush = state.definition.flush_on_write && self.durability.is_some();
+        drop(state);
+        let seq = result?;
+        self.changed.send_replace(());
+        Ok(Appended {
+            sequence_number: seq,
+            flush,
+        })
+    }
+
+    fn append_locked(
+        &self,
+        state: &mut StreamState,
+        payload: Bytes,
+        now_millis: i64,
+    ) -> Result<i64, StoreError> {
         let def = &state.definition;
         let record = payload.len() as u64 + RECORD_OVERHEAD;
         let max_size = def.max_size as u64;
@@ -108,13 +172,67 @@ impl Stream {
                 state.log.seal_active().map_err(StoreError::Write)?;
             }
         }
-        let seq = state
+        state
             .log
             .append(now_millis, payload)
-            .map_err(StoreError::Write)?;
-        drop(state);
-        self.changed.send_replace(());
-        Ok(seq)
+            .map_err(StoreError::Write)
+    }
+
+    /// Returns once every message up to `seq` is synced to disk. Appends that
+    /// arrive while one sync runs share the next one (group commit). A failed
+    /// sync stops the stream's writes: after it the page cache can no longer
+    /// be trusted to hold what was written.
+    pub async fn sync_to(&self, seq: i64) -> Result<(), StoreError> {
+        let Some(durability) = &self.durability else {
+            return Ok(());
+        };
+        loop {
+            if *durability.synced.borrow() > seq {
+                return Ok(());
+            }
+            let _leader = durability.leader.lock().await;
+            if *durability.synced.borrow() > seq {
+                return Ok(());
+            }
+            let (covered, target) = {
+                let state = self.lock()?;
+                if let Some(reason) = &state.writes_stopped {
+                    return Err(StoreError::WritesStopped {
+                        name: self.name.clone(),
+                        reason: reason.clone(),
+                    });
+                }
+                (state.log.next_sequence_number(), state.log.sync_target())
+            };
+            if let Some(file) = target {
+                let synced = tokio::task::spawn_blocking(move || file.sync_data()).await;
+                let failure = match synced {
+                    Ok(Ok(())) => None,
+                    Ok(Err(e)) => Some(e.to_string()),
+                    Err(join) => Some(format!("sync task failed: {join}")),
+                };
+                if let Some(reason) = failure {
+                    tracing::error!(stream = %self.name, %reason, "fsync failed: the stream stops taking writes");
+                    if let Ok(mut state) = self.state.lock() {
+                        state.writes_stopped = Some(reason.clone());
+                    }
+                    return Err(StoreError::WritesStopped {
+                        name: self.name.clone(),
+                        reason,
+                    });
+                }
+            }
+            durability.synced.send_if_modified(|synced| {
+                let advanced = covered > *synced;
+                *synced = (*synced).max(covered);
+                advanced
+            });
+        }
+    }
+
+    /// The sequence number after the last append, for a background sync.
+    pub fn next_sequence_number(&self) -> Result<i64, StoreError> {
+        Ok(self.lock()?.log.next_sequence_number())
     }
 
     /// Reads what is there now, without waiting.
@@ -173,6 +291,7 @@ impl Stream {
         &self,
         definition: MessageStreamDefinition,
         now_millis: i64,
+        persist: impl FnOnce(&MessageStreamDefinition) -> Result<(), StorageError>,
     ) -> Result<(), StoreError> {
         let mut state = self.lock()?;
         if definition.persistence != state.definition.persistence {
@@ -187,6 +306,7 @@ impl Stream {
                 current,
             });
         }
+        persist(&definition).map_err(StoreError::Write)?;
         state.exports = fresh_export_statuses(&definition, &state.exports);
         state.definition = definition;
         drop(state);

@@ -1,0 +1,260 @@
+//! Where `File` streams live: one folder per stream under
+//! `<store root>/streams/`, holding `stream.cbor` (the definition) and the
+//! stream's segment files.
+//!
+//! Folder names encode stream names reversibly: ASCII letters, digits, `_`
+//! and `-` stay, every other byte of the UTF-8 name becomes `%XX` (so
+//! spaces, commas, dots and `.log` are safe, and `.`/`..` cannot occur).
+//! An encoding longer than 200 bytes is shortened and suffixed with a
+//! checksum of the name; `stream.cbor` always holds the full name.
+//!
+//! `stream.cbor` is written atomically (temp file, fsync, rename, fsync of
+//! the folder) and ends with a CRC32C of its CBOR body. Deleting a stream
+//! first renames it to `stream.deleted` (durably), so a crash half-way
+//! through removing the folder finishes the deletion at the next start
+//! instead of resurrecting a stream.
+
+use super::file::{FileLog, OpenReport};
+use super::fs::{self, FileSystem};
+use super::log::StorageError;
+use crate::protocol::cbor::{self, MapReader, Writer};
+use crate::protocol::model::MessageStreamDefinition;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+const DEFINITION_FILE: &str = "stream.cbor";
+const DELETED_FILE: &str = "stream.deleted";
+const META_VERSION: i64 = 1;
+
+pub struct StreamFolders {
+    fs: Arc<dyn FileSystem>,
+    root: PathBuf,
+}
+
+/// A stream found at start-up.
+pub struct LoadedStream {
+    pub definition: MessageStreamDefinition,
+    pub log: FileLog,
+    pub report: OpenReport,
+}
+
+pub fn encode_name(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for b in name.bytes() {
+        if b.is_ascii_alphanumeric() || b == b'_' || b == b'-' {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    if out.len() > 200 {
+        let crc = crc32c::crc32c(name.as_bytes());
+        let mut cut = 180;
+        while !out.is_char_boundary(cut)
+            || out[..cut].ends_with('%')
+            || out[..cut.saturating_sub(1)].ends_with('%')
+        {
+            cut -= 1;
+        }
+        out = format!("{}~{crc:08x}", &out[..cut]);
+    }
+    out
+}
+
+/// The name a folder stands for, when it is not a shortened one.
+pub fn decode_name(folder: &str) -> Option<String> {
+    let bytes = folder.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = folder.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else if bytes[i].is_ascii_alphanumeric() || bytes[i] == b'_' || bytes[i] == b'-' {
+            out.push(bytes[i]);
+            i += 1;
+        } else {
+            return None;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+fn encode_definition(def: &MessageStreamDefinition) -> Vec<u8> {
+    let mut w = Writer::default();
+    w.map(2)
+        .kv_int("formatVersion", META_VERSION)
+        .text("definition")
+        .fields(&def.fields());
+    let mut bytes = w.into_vec();
+    let crc = crc32c::crc32c(&bytes);
+    bytes.extend_from_slice(&crc.to_le_bytes());
+    bytes
+}
+
+fn decode_definition(bytes: &[u8]) -> Result<MessageStreamDefinition, String> {
+    let (body, crc) = bytes
+        .split_at_checked(bytes.len().saturating_sub(4))
+        .ok_or("empty")?;
+    if crc.len() != 4 || crc32c::crc32c(body).to_le_bytes() != crc {
+        return Err("checksum mismatch".into());
+    }
+    let value = cbor::decode(body)?;
+    let map = MapReader::new(&value, "").map_err(|e| e.0)?;
+    match map.int("formatVersion").map_err(|e| e.0)? {
+        Some(META_VERSION) => {}
+        other => return Err(format!("format version {other:?} is not supported")),
+    }
+    let def = map
+        .required("definition", map.map("definition", "definition"))
+        .map_err(|e| e.0)?;
+    MessageStreamDefinition::decode(&def).map_err(|e| e.0)
+}
+
+impl StreamFolders {
+    pub fn new(fs: Arc<dyn FileSystem>, store_root: &Path) -> Result<Self, StorageError> {
+        let root = store_root.join("streams");
+        fs.create_dir_all(&root)?;
+        Ok(StreamFolders { fs, root })
+    }
+
+    pub fn fs(&self) -> &Arc<dyn FileSystem> {
+        &self.fs
+    }
+
+    fn dir(&self, name: &str) -> PathBuf {
+        self.root.join(encode_name(name))
+    }
+
+    /// Makes the folder and durable definition of a new stream.
+    pub fn create(&self, def: &MessageStreamDefinition) -> Result<FileLog, StorageError> {
+        let dir = self.dir(&def.name);
+        if self.fs.is_dir(&dir) {
+            // Left by a stream that could not be loaded: keep it aside
+            // rather than mix its files into the new stream's.
+            let aside = self.root.join(format!(
+                "{}.unloadable-{}",
+                encode_name(&def.name),
+                std::process::id()
+            ));
+            tracing::warn!(from = %dir.display(), to = %aside.display(), "moving an unloadable stream folder aside");
+            self.fs.rename(&dir, &aside)?;
+        }
+        self.fs.create_dir_all(&dir)?;
+        self.save_definition(def)?;
+        self.fs.sync_dir(&self.root)?;
+        Ok(FileLog::create(Arc::clone(&self.fs), dir))
+    }
+
+    /// Replaces a stream's stored definition atomically.
+    pub fn save_definition(&self, def: &MessageStreamDefinition) -> Result<(), StorageError> {
+        let path = self.dir(&def.name).join(DEFINITION_FILE);
+        fs::write_atomically(&*self.fs, &path, &encode_definition(def))?;
+        Ok(())
+    }
+
+    pub fn delete(&self, name: &str) -> Result<(), StorageError> {
+        let dir = self.dir(name);
+        self.fs
+            .rename(&dir.join(DEFINITION_FILE), &dir.join(DELETED_FILE))?;
+        self.fs.sync_dir(&dir)?;
+        self.fs.remove_dir_all(&dir)?;
+        Ok(())
+    }
+
+    /// Every stream that can be loaded. A folder that cannot is reported and
+    /// skipped (left as it is); weir starts anyway.
+    pub fn load_all(&self) -> Vec<LoadedStream> {
+        let mut loaded = Vec::new();
+        let folders = match self.fs.list(&self.root) {
+            Ok(folders) => folders,
+            Err(e) => {
+                tracing::error!(root = %self.root.display(), error = %e, "cannot list streams");
+                return loaded;
+            }
+        };
+        for folder in folders {
+            let dir = self.root.join(&folder);
+            if !self.fs.is_dir(&dir) || folder.contains(".unloadable-") {
+                continue;
+            }
+            match self.load(&dir) {
+                Ok(Some(stream)) => loaded.push(stream),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::error!(folder = %dir.display(), error = %e, "stream skipped: cannot load it")
+                }
+            }
+        }
+        loaded
+    }
+
+    fn load(&self, dir: &Path) -> Result<Option<LoadedStream>, String> {
+        let names = self.fs.list(dir).map_err(|e| e.to_string())?;
+        if names.iter().any(|n| n == DELETED_FILE) {
+            tracing::info!(folder = %dir.display(), "finishing an interrupted delete");
+            self.fs.remove_dir_all(dir).map_err(|e| e.to_string())?;
+            return Ok(None);
+        }
+        let bytes = fs::read_file(&*self.fs, &dir.join(DEFINITION_FILE))
+            .map_err(|e| format!("{DEFINITION_FILE}: {e}"))?;
+        let definition =
+            decode_definition(&bytes).map_err(|e| format!("{DEFINITION_FILE}: {e}"))?;
+        if self.dir(&definition.name) != dir {
+            return Err(format!(
+                "{DEFINITION_FILE} names stream {:?}, which belongs in another folder",
+                definition.name
+            ));
+        }
+        let (log, report) =
+            FileLog::open(Arc::clone(&self.fs), dir.to_owned()).map_err(|e| e.to_string())?;
+        for (file, why) in &report.skipped {
+            tracing::error!(stream = %definition.name, file, why, "file skipped");
+        }
+        Ok(Some(LoadedStream {
+            definition,
+            log,
+            report,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_encode_reversibly_and_safely() {
+        for name in [
+            "SomeStream",
+            "with space, comma.log",
+            "..",
+            "ström_1-2",
+            "a%b",
+        ] {
+            let folder = encode_name(name);
+            assert!(
+                folder
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"%_-".contains(&b)),
+                "{folder}"
+            );
+            assert_eq!(decode_name(&folder).as_deref(), Some(name));
+        }
+        let long: String = "ä".repeat(255);
+        let folder = encode_name(&long);
+        assert!(folder.len() <= 200, "{}", folder.len());
+        assert_ne!(encode_name(&"ä".repeat(254)), folder);
+    }
+
+    #[test]
+    fn definitions_roundtrip_and_damage_is_refused() {
+        let def = MessageStreamDefinition::with_defaults("s".into());
+        let mut bytes = encode_definition(&def);
+        assert_eq!(decode_definition(&bytes), Ok(def));
+        bytes[5] ^= 1;
+        assert!(decode_definition(&bytes).is_err());
+        assert!(decode_definition(&[]).is_err());
+    }
+}
