@@ -31,7 +31,7 @@ pub trait FileHandle: Send + Sync {
     /// `fdatasync`: the file's bytes and size survive a power cut.
     fn sync_data(&self) -> io::Result<()>;
     fn set_len(&self, len: u64) -> io::Result<()>;
-    fn len(&self) -> io::Result<u64>;
+    fn size(&self) -> io::Result<u64>;
 }
 
 /// Fills `buf` from `offset`; `Ok(false)` if the file ends first.
@@ -49,7 +49,7 @@ pub fn read_exact_at(file: &dyn FileHandle, buf: &mut [u8], offset: u64) -> io::
 /// Reads a whole file.
 pub fn read_file(fs: &dyn FileSystem, path: &Path) -> io::Result<Vec<u8>> {
     let file = fs.open(path)?;
-    let len = usize::try_from(file.len()?).map_err(io::Error::other)?;
+    let len = usize::try_from(file.size()?).map_err(io::Error::other)?;
     let mut buf = vec![0; len];
     if !read_exact_at(&*file, &mut buf, 0)? {
         return Err(io::ErrorKind::UnexpectedEof.into());
@@ -135,7 +135,7 @@ impl FileHandle for StdFile {
     fn set_len(&self, len: u64) -> io::Result<()> {
         self.0.set_len(len)
     }
-    fn len(&self) -> io::Result<u64> {
+    fn size(&self) -> io::Result<u64> {
         Ok(self.0.metadata()?.len())
     }
 }

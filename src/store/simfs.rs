@@ -304,7 +304,7 @@ impl FileHandle for SimFile {
         Ok(())
     }
 
-    fn len(&self) -> io::Result<u64> {
+    fn size(&self) -> io::Result<u64> {
         Ok(self.image.lock().expect("simfs lock").live.len() as u64)
     }
 }

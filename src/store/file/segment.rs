@@ -259,7 +259,7 @@ pub fn recover(
             format!("header says it starts at {declared}"),
         ));
     }
-    let file_len = file.len()?;
+    let file_len = file.size()?;
     let index_bytes = fs::read_file(fs, &index_path).unwrap_or_default();
     if let Some((index, summary)) = format::decode_sealed_index(&index_bytes) {
         if SEGMENT_HEADER_LEN + summary.bytes == file_len {
