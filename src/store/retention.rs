@@ -8,8 +8,13 @@ use crate::protocol::model::StrategyOnFull;
 /// Whether every message of `segment` has outlived the stream's TTL.
 /// Messages "may be deleted any time after their TTL" (PROTOCOL.md 8): weir
 /// deletes a segment once its newest message has expired.
+/// An empty segment (the file log keeps one to remember the next sequence
+/// number) holds nothing to expire.
 pub fn expired(segment: &SegmentInfo, ttl_millis: Option<i64>, now_millis: i64) -> bool {
-    ttl_millis.is_some_and(|ttl| segment.newest_ingest_time.saturating_add(ttl) <= now_millis)
+    let empty = segment.next_sequence_number == segment.first_sequence_number;
+    !empty
+        && ttl_millis
+            .is_some_and(|ttl| segment.newest_ingest_time.saturating_add(ttl) <= now_millis)
 }
 
 /// What to do before appending a record of `record_bytes` to a stream that
@@ -67,6 +72,9 @@ mod tests {
     #[test]
     fn ttl_counts_from_the_newest_message() {
         assert!(!expired(&segment(1, 1000), None, i64::MAX));
+        let mut empty = segment(0, 1000);
+        empty.next_sequence_number = empty.first_sequence_number;
+        assert!(!expired(&empty, Some(60_000), i64::MAX));
         assert!(!expired(&segment(1, 1000), Some(60_000), 60_999));
         assert!(expired(&segment(1, 1000), Some(60_000), 61_000));
         assert!(!expired(

@@ -224,6 +224,34 @@ impl FileSystem for SimulatedFs {
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         let mut tree = self.tree.lock().expect("simfs lock");
+        if tree.dirs.contains(from) {
+            // Folder renames are durable at once here (weir only moves a
+            // folder aside, never relies on the move for consistency).
+            let moved = |p: &Path| to.join(p.strip_prefix(from).expect("under the moved folder"));
+            let dirs: Vec<PathBuf> = tree
+                .dirs
+                .iter()
+                .filter(|p| p.starts_with(from))
+                .cloned()
+                .collect();
+            for d in dirs {
+                tree.dirs.remove(&d);
+                tree.dirs.insert(moved(&d));
+            }
+            let Tree { live, durable, .. } = &mut *tree;
+            for map in [live, durable] {
+                let paths: Vec<PathBuf> = map
+                    .keys()
+                    .filter(|p| p.starts_with(from))
+                    .cloned()
+                    .collect();
+                for p in paths {
+                    let file = map.remove(&p).expect("listed above");
+                    map.insert(moved(&p), file);
+                }
+            }
+            return Ok(());
+        }
         let file = tree
             .live
             .remove(from)

@@ -186,14 +186,24 @@ impl Stream {
         let Some(durability) = &self.durability else {
             return Ok(());
         };
+        // Subscribed before looking, so a sync finishing in between still
+        // wakes this waiter.
+        let mut synced = durability.synced.subscribe();
         loop {
-            if *durability.synced.borrow() > seq {
+            if *synced.borrow_and_update() > seq {
                 return Ok(());
             }
-            let _leader = durability.leader.lock().await;
-            if *durability.synced.borrow() > seq {
-                return Ok(());
-            }
+            // One leader syncs; everyone else waits for the watermark it
+            // publishes instead of queueing on the lock, so a whole batch of
+            // waiters is released by one broadcast.
+            let Ok(leader) = durability.leader.try_lock() else {
+                // Err only if the sender is gone, and `self` owns it.
+                synced.changed().await.ok();
+                continue;
+            };
+            // Let appends that are already on their way (ready tasks) write
+            // first, so this sync covers them too.
+            tokio::task::yield_now().await;
             let (covered, target) = {
                 let state = self.lock()?;
                 if let Some(reason) = &state.writes_stopped {
@@ -205,8 +215,8 @@ impl Stream {
                 (state.log.next_sequence_number(), state.log.sync_target())
             };
             if let Some(file) = target {
-                let synced = tokio::task::spawn_blocking(move || file.sync_data()).await;
-                let failure = match synced {
+                let result = tokio::task::spawn_blocking(move || file.sync_data()).await;
+                let failure = match result {
                     Ok(Ok(())) => None,
                     Ok(Err(e)) => Some(e.to_string()),
                     Err(join) => Some(format!("sync task failed: {join}")),
@@ -216,17 +226,19 @@ impl Stream {
                     if let Ok(mut state) = self.state.lock() {
                         state.writes_stopped = Some(reason.clone());
                     }
+                    // Wake the waiters: they find the stream stopped.
+                    durability.synced.send_modify(|_| {});
                     return Err(StoreError::WritesStopped {
                         name: self.name.clone(),
                         reason,
                     });
                 }
             }
-            durability.synced.send_if_modified(|synced| {
-                let advanced = covered > *synced;
-                *synced = (*synced).max(covered);
-                advanced
-            });
+            // Always notifies, so no waiter sleeps through a leader change.
+            durability
+                .synced
+                .send_modify(|synced| *synced = (*synced).max(covered));
+            drop(leader);
         }
     }
 

@@ -42,11 +42,12 @@ impl Segment {
     ) -> Result<Segment, StorageError> {
         let path = dir.join(format::segment_name(first_seq));
         let index_path = dir.join(format::index_name(first_seq));
-        let file = fs.create(&path)?;
-        file.write_all_at(&format::encode_segment_header(first_seq), 0)?;
-        file.sync_data()?;
+        // Header written under a temporary name and renamed: a segment file
+        // never exists without a whole, synced header (a full disk cannot
+        // leave an empty one behind).
+        fs::write_atomically(fs, &path, &format::encode_segment_header(first_seq))?;
+        let file = fs.open(&path)?;
         let index_file = fs.create(&index_path)?;
-        fs.sync_dir(dir)?;
         Ok(Segment {
             info: SegmentInfo {
                 first_sequence_number: first_seq,
