@@ -5,6 +5,11 @@ temporary store, client authentication ON with a token file we write ourselves.
 Readiness is detected by reading weir's stderr until the line
 `weir listening on 127.0.0.1:<PORT>` appears (bounded by a deadline); stopping
 sends SIGTERM and requires exit status 0.
+
+The same `Weir` can be started again on its store (`restart()`: SIGTERM, then a
+new process on the same store folder; `crash()`: SIGKILL, keeping the store for
+the next `start()`); the temporary folder goes away only with a final
+`stop()`/`kill()`.
 """
 
 import os
@@ -69,15 +74,25 @@ class Weir:
         self.host = None
         self.port = None
         self.log_lines = []          # every stderr line weir printed (for diagnostics)
+        self.starts = 0              # processes started on this store so far
+        self.gen_start = 0           # index in log_lines where the current process's lines begin
         self._ready = threading.Event()
         self._drainer = None
 
     # -- lifecycle -------------------------------------------------------
 
-    def start(self):
+    def start(self, port=0):
+        """Start a weir process on this store (port 0 = a free port)."""
+        if self.proc is not None and self.proc.poll() is None:
+            raise HarnessError("weir is already running")
+        self.starts += 1
+        self.log_lines.append(f"---- harness: weir start #{self.starts} on store {self.store} (port {port or 'any'})")
+        self.gen_start = len(self.log_lines)
+        self._ready = threading.Event()
+        self.host = self.port = None
         env = dict(os.environ)
         env.update({
-            "STREAM_MANAGER_SERVER_PORT": "0",
+            "STREAM_MANAGER_SERVER_PORT": str(port),
             "STREAM_MANAGER_STORE_ROOT_DIR": self.store,
             "STREAM_MANAGER_AUTHENTICATE_CLIENT": "true",
             "WEIR_AUTH_TOKEN_FILE": self.token_file,
@@ -91,7 +106,7 @@ class Weir:
         )
         # A thread keeps draining stderr for the whole life of the process (so weir
         # can never block on a full pipe) and flags readiness when the line appears.
-        self._drainer = threading.Thread(target=self._drain, daemon=True)
+        self._drainer = threading.Thread(target=self._drain, args=(self.proc, self._ready), daemon=True)
         self._drainer.start()
         deadline = time.monotonic() + START_DEADLINE_S
         while not self._ready.is_set():
@@ -107,18 +122,20 @@ class Weir:
             raise HarnessError(f"weir listens on {self.host}, expected loopback 127.0.0.1")
         return self
 
-    def _drain(self):
-        for line in self.proc.stderr:
+    def _drain(self, proc, ready):
+        for line in proc.stderr:
             line = line.rstrip("\n")
             self.log_lines.append(line)
-            if not self._ready.is_set():
+            if not ready.is_set():
                 m = READY_RE.search(line)
                 if m and "weir listening on" in line:
                     self.host, self.port = m.group(1), int(m.group(2))
-                    self._ready.set()
+                    ready.set()
 
-    def stop(self):
-        """SIGTERM, wait (bounded), and require exit status 0."""
+    def stop(self, cleanup=True):
+        """SIGTERM, wait (bounded), and require exit status 0.
+
+        cleanup=False keeps the store folder for a later start()."""
         if self.proc is None or self.proc.poll() is not None:
             rc = None if self.proc is None else self.proc.returncode
             self._cleanup()
@@ -130,12 +147,43 @@ class Weir:
             self.kill()
             raise HarnessError(f"weir did not exit within {STOP_DEADLINE_S}s of SIGTERM:\n{self.log_tail()}")
         self._drainer.join(5)
-        self._cleanup()
+        if cleanup:
+            self._cleanup()
         panics = [l for l in self.log_lines if "panicked" in l]
         if panics:
+            if not cleanup:
+                self._cleanup()
             raise HarnessError(f"weir panicked during the run (exit status {rc}):\n{self.log_tail()}")
         if rc != 0:
+            if not cleanup:
+                self._cleanup()
             raise HarnessError(f"weir exited with status {rc} after SIGTERM (expected 0):\n{self.log_tail()}")
+
+    def restart(self, same_port=False):
+        """Stop weir with SIGTERM (exit 0 required) and start it again on the same store.
+
+        same_port=True asks the new process for the port the old one had (so a
+        client that reconnects by itself finds it); otherwise a free port."""
+        port = self.port if same_port else 0
+        self.stop(cleanup=False)
+        return self.start(port=port)
+
+    def crash(self):
+        """SIGKILL weir (a crash: no shutdown code runs) and keep the store for start()."""
+        if self.proc is None or self.proc.poll() is not None:
+            rc = None if self.proc is None else self.proc.returncode
+            raise HarnessError(f"weir was not running at kill time (exit status {rc}):\n{self.log_tail()}")
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+        self._drainer.join(5)
+        self.log_lines.append(f"---- harness: weir #{self.starts} killed with SIGKILL")
+        panics = [l for l in self.log_lines if "panicked" in l]
+        if panics:
+            raise HarnessError(f"weir panicked before it was killed:\n{self.log_tail()}")
+
+    def current_log(self):
+        """stderr lines of the current (or last) weir process only."""
+        return self.log_lines[self.gen_start:]
 
     def kill(self):
         if self.proc is not None and self.proc.poll() is None:
