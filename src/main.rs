@@ -41,7 +41,7 @@ fn serve() -> std::process::ExitCode {
         }
     };
     init_logging(&config.log_level);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("cannot start the tokio runtime");

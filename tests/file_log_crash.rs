@@ -349,10 +349,12 @@ async fn a_full_disk_fails_appends_keeps_data_and_recovers() {
     fs.set_space_left(Some(300));
     let mut failures = 0;
     for _ in 0..20 {
-        match store.append("s", Bytes::from(vec![7u8; 200])) {
-            Ok(_) => {}
-            Err(StoreError::Write(e)) => {
-                assert!(e.to_string().contains("No space left"), "{e}");
+        // The acknowledgement path: append, then confirm the write.
+        let appended = store.append("s", Bytes::from(vec![7u8; 200])).unwrap();
+        match store.confirm("s", appended.ticket) {
+            Ok(()) => {}
+            Err(StoreError::AppendFailed { reason, .. }) => {
+                assert!(reason.contains("No space left"), "{reason}");
                 failures += 1;
             }
             Err(other) => panic!("{other}"),
@@ -408,4 +410,46 @@ async fn a_failed_fsync_stops_writes_but_not_reads() {
         Err(StoreError::WritesStopped { .. })
     ));
     assert_eq!(read_all(&store, "f")[0].1, payload("f", 0));
+}
+
+#[tokio::test]
+async fn appends_written_together_fail_together_and_give_their_numbers_back() {
+    let fs = filled().await;
+    let store = open(&fs);
+    fs.set_space_left(Some(100));
+    let batch: Vec<_> = (0..3)
+        .map(|_| store.append("s", Bytes::from(vec![1u8; 60])).unwrap())
+        .collect();
+    assert_eq!(
+        batch.iter().map(|a| a.sequence_number).collect::<Vec<_>>(),
+        [60, 61, 62]
+    );
+    for appended in &batch {
+        assert!(
+            matches!(
+                store.confirm("s", appended.ticket),
+                Err(StoreError::AppendFailed { .. })
+            ),
+            "every append of the failed write is told so"
+        );
+    }
+    assert_eq!(
+        store
+            .describe("s")
+            .unwrap()
+            .storage_status
+            .newest_sequence_number,
+        59
+    );
+    fs.set_space_left(None);
+    let retry = store.append("s", Bytes::from_static(b"retry")).unwrap();
+    assert_eq!(retry.sequence_number, 60);
+    store.confirm("s", retry.ticket).unwrap();
+    assert!(
+        matches!(
+            store.confirm("s", batch[0].ticket),
+            Err(StoreError::AppendFailed { .. })
+        ),
+        "a failure is not forgotten by a later success"
+    );
 }

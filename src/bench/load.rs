@@ -219,7 +219,7 @@ async fn append_load(
             .pop_front()
             .ok_or("answer without a request")?;
         latencies.push(sent.elapsed());
-        if client::status_of(&answer.payload) != Some(0) {
+        if !client::succeeded(&answer.payload, false) {
             return Err(format!(
                 "append failed: status {:?}",
                 client::status_of(&answer.payload)
@@ -259,12 +259,16 @@ async fn read_all(
         buf.clear();
         let answer = frames.next().await?;
         pending -= 1;
-        let value = crate::protocol::cbor::decode(&answer.payload)?;
-        let map = crate::protocol::cbor::MapReader::new(&value, "")?;
-        if map.int("status")? != Some(0) {
-            return Err(format!("read failed: {:?}", map.text("errorMessage")?).into());
+        // A read answer ends with its status; every batch but the last is
+        // full, and the last holds the rest.
+        if !client::succeeded(&answer.payload, true) {
+            return Err(format!(
+                "read failed: status {:?}",
+                client::status_of(&answer.payload)
+            )
+            .into());
         }
-        read += map.array("messages")?.map_or(0, |m| m.len() as i64);
+        read += batch.min(total - read);
     }
     Ok(read)
 }

@@ -9,12 +9,13 @@
 use super::codec::{CodecError, FrameCodec};
 use super::dispatch::Handled;
 use super::ServerContext;
+use crate::protocol::RawFrame;
 use crate::protocol::{
     ConnectRequest, ConnectResponse, DecodeError, Failure, ProtocolVersion, Reply, ReplyBody,
     Request, StatusCode, CONNECT_VERSION,
 };
 use bytes::{Bytes, BytesMut};
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -201,20 +202,39 @@ async fn session(
     let write_task = tokio::spawn(write_answers(writer, queue));
     let mut waiting = JoinSet::new();
     let outcome = loop {
-        let frame = tokio::select! {
+        let first = tokio::select! {
             frame = frames.next() => frame,
             Some(_) = waiting.join_next(), if !waiting.is_empty() => continue,
             () = shutdown.cancelled() => break Ok(()),
         };
-        let frame = match frame {
+        let first = match first {
             None => break Ok(()),
             Some(Err(e)) => break Err(e.into()),
             Some(Ok(frame)) => frame,
         };
-        let reply = match Request::decode(frame.op, &frame.payload) {
-            Ok(request) => match ctx.handler.handle(request) {
-                Handled::Now(reply) => reply,
-                Handled::Later(pending) => {
+        // Every request already received is carried out before any answer
+        // is sent, so appends that arrived together are written together.
+        let mut batch = vec![first];
+        let mut end: Option<Result<(), ConnectionError>> = None;
+        while batch.len() < MAX_BATCH {
+            match frames.next().now_or_never() {
+                Some(Some(Ok(frame))) => batch.push(frame),
+                Some(Some(Err(e))) => {
+                    end = Some(Err(e.into()));
+                    break;
+                }
+                Some(None) => {
+                    end = Some(Ok(()));
+                    break;
+                }
+                None => break,
+            }
+        }
+        let mut answered = Vec::with_capacity(batch.len());
+        for frame in batch {
+            match carry_out(frame, ctx, version) {
+                Ok(Step::Answer(answer)) => answered.push(answer),
+                Ok(Step::Later(pending)) => {
                     let answers = answers.clone();
                     waiting.spawn(async move {
                         // If the writer is gone the client is too; the
@@ -223,38 +243,29 @@ async fn session(
                             tracing::debug!("answer dropped: connection closing");
                         }
                     });
-                    continue;
                 }
-            },
-            Err(DecodeError::Unanswerable { op, reason }) => {
-                break Err(ConnectionError::Protocol(format!("op {op}: {reason}")));
-            }
-            Err(DecodeError::UnknownOperation { op, request_id }) => {
-                if version == ProtocolVersion::V1_0_0 {
-                    // 1.0.0 clients know neither op 17 nor status 18; any
-                    // answer would break them, so this request gets none.
-                    tracing::warn!(op, %request_id, "unknown operation from a 1.0.0 client, not answered");
-                    continue;
-                }
-                Reply {
-                    request_id,
-                    body: ReplyBody::UnknownOperation(format!("operation {op} is not supported")),
+                Ok(Step::Nothing) => {}
+                Err(e) => {
+                    end = Some(Err(e));
+                    break;
                 }
             }
-            Err(DecodeError::Invalid {
-                request_id,
-                response_op,
-                message,
-            }) => Reply {
-                request_id,
-                body: ReplyBody::Rejected {
-                    op: response_op,
-                    failure: Failure::new(StatusCode::InvalidRequest, message),
-                },
-            },
-        };
-        if answers.send(encode(&reply, version)).await.is_err() {
+        }
+        // In arrival order; an append's answer first confirms its write (the
+        // first one writes all the batch's appends to its stream).
+        let mut out = BytesMut::new();
+        for answer in answered {
+            let reply = match answer {
+                Answer::Now(reply) => reply,
+                Answer::AtBatchEnd(confirm) => confirm(),
+            };
+            reply.encode_frame(version, &mut out);
+        }
+        if !out.is_empty() && answers.send(out.freeze()).await.is_err() {
             break Err(ConnectionError::WriterGone);
+        }
+        if let Some(end) = end {
+            break end;
         }
     };
     // The client is gone or we are stopping: waiting reads have no one to
@@ -268,6 +279,65 @@ async fn session(
             "writer task failed: {join}"
         )))),
     }
+}
+
+/// Requests carried out before their answers go out together.
+const MAX_BATCH: usize = 256;
+
+enum Answer {
+    Now(Reply),
+    AtBatchEnd(Box<dyn FnOnce() -> Reply + Send>),
+}
+
+enum Step {
+    Answer(Answer),
+    Later(std::pin::Pin<Box<dyn std::future::Future<Output = Reply> + Send>>),
+    /// A request that gets no answer (unknown op from a 1.0.0 client).
+    Nothing,
+}
+
+/// Decodes and carries out one request frame.
+fn carry_out(
+    frame: RawFrame,
+    ctx: &ServerContext,
+    version: ProtocolVersion,
+) -> Result<Step, ConnectionError> {
+    let reply = match Request::decode(frame.op, &frame.payload) {
+        Ok(request) => {
+            return Ok(match ctx.handler.handle(request) {
+                Handled::Now(reply) => Step::Answer(Answer::Now(reply)),
+                Handled::AtBatchEnd(confirm) => Step::Answer(Answer::AtBatchEnd(confirm)),
+                Handled::Later(pending) => Step::Later(pending),
+            })
+        }
+        Err(DecodeError::Unanswerable { op, reason }) => {
+            return Err(ConnectionError::Protocol(format!("op {op}: {reason}")));
+        }
+        Err(DecodeError::UnknownOperation { op, request_id }) => {
+            if version == ProtocolVersion::V1_0_0 {
+                // 1.0.0 clients know neither op 17 nor status 18; any
+                // answer would break them, so this request gets none.
+                tracing::warn!(op, %request_id, "unknown operation from a 1.0.0 client, not answered");
+                return Ok(Step::Nothing);
+            }
+            Reply {
+                request_id,
+                body: ReplyBody::UnknownOperation(format!("operation {op} is not supported")),
+            }
+        }
+        Err(DecodeError::Invalid {
+            request_id,
+            response_op,
+            message,
+        }) => Reply {
+            request_id,
+            body: ReplyBody::Rejected {
+                op: response_op,
+                failure: Failure::new(StatusCode::InvalidRequest, message),
+            },
+        },
+    };
+    Ok(Step::Answer(Answer::Now(reply)))
 }
 
 fn encode(reply: &Reply, version: ProtocolVersion) -> Bytes {

@@ -7,10 +7,13 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-/// How a request is answered: at once, or by a future the connection runs
-/// beside its other requests (a long-polling read).
+/// How a request is answered: at once; once the connection has carried out
+/// the requests that arrived with it (an append, acknowledged after the
+/// batch's appends are written together); or by a future the connection runs
+/// beside its other requests (a long-polling read, a `flushOnWrite` append).
 pub enum Handled {
     Now(Reply),
+    AtBatchEnd(Box<dyn FnOnce() -> Reply + Send + 'static>),
     Later(Pin<Box<dyn Future<Output = Reply> + Send + 'static>>),
 }
 
@@ -26,9 +29,10 @@ pub fn failure(error: &StoreError) -> Failure {
             StatusCode::UpdateNotAllowed
         }
         StoreError::Read(_) => StatusCode::MessageStoreReadError,
-        StoreError::Write(_) | StoreError::Poisoned(_) | StoreError::WritesStopped { .. } => {
-            StatusCode::UnknownFailure
-        }
+        StoreError::Write(_)
+        | StoreError::AppendFailed { .. }
+        | StoreError::Poisoned(_)
+        | StoreError::WritesStopped { .. } => StatusCode::UnknownFailure,
     };
     Failure::new(status, error.to_string())
 }
@@ -78,16 +82,29 @@ fn handle(store: &Arc<Store>, request: Request) -> Handled {
                 let store = Arc::clone(store);
                 let seq = appended.sequence_number;
                 Handled::Later(Box::pin(async move {
-                    let result = answer(store.durable(&name, seq).await.map(|()| seq));
+                    let durable = async {
+                        store.confirm(&name, appended.ticket)?;
+                        store.durable(&name, seq).await
+                    };
+                    Reply {
+                        request_id,
+                        body: ReplyBody::AppendMessage(answer(durable.await.map(|()| seq))),
+                    }
+                }))
+            }
+            Ok(appended) => {
+                // Acknowledged once written with the rest of the batch.
+                let store = Arc::clone(store);
+                Handled::AtBatchEnd(Box::new(move || {
+                    let seq = appended.sequence_number;
+                    let result = answer(store.confirm(&name, appended.ticket).map(|()| seq));
                     Reply {
                         request_id,
                         body: ReplyBody::AppendMessage(result),
                     }
                 }))
             }
-            result => now(ReplyBody::AppendMessage(answer(
-                result.map(|a| a.sequence_number),
-            ))),
+            Err(e) => now(ReplyBody::AppendMessage(Err(failure(&e)))),
         },
         RequestBody::ListStreams => now(ReplyBody::ListStreams(Ok(store.list()))),
         RequestBody::DescribeMessageStream { name } => now(ReplyBody::DescribeMessageStream(

@@ -53,7 +53,8 @@ pub trait SegmentLog: Send {
     /// Sum of the segments' bytes.
     fn total_bytes(&self) -> u64;
     /// Appends to the active segment, opening one if none is; returns the
-    /// message's sequence number.
+    /// message's sequence number. The record may wait in memory until
+    /// [`SegmentLog::flush`]; reads and syncs come after a flush.
     fn append(&mut self, ingest_time: i64, payload: Bytes) -> Result<i64, StorageError>;
     /// Closes the active segment to appends.
     fn seal_active(&mut self) -> Result<(), StorageError>;
@@ -68,6 +69,16 @@ pub trait SegmentLog: Send {
         max_count: usize,
         max_bytes: usize,
     ) -> Result<Vec<Message>, StorageError>;
+    /// Writes appended records to the operating system. On failure the
+    /// records appended since the last flush are forgotten (the next
+    /// sequence number goes back), and the error says why.
+    fn flush(&mut self) -> Result<(), StorageError> {
+        Ok(())
+    }
+    /// Whether appended records wait for a flush.
+    fn has_pending(&self) -> bool {
+        false
+    }
     /// The file to fdatasync to make every append so far durable, for group
     /// commit outside the stream's lock; `None` when nothing is on disk or
     /// everything written is already synced (sealed segments are).

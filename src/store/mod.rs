@@ -71,6 +71,8 @@ pub enum StoreError {
     Poisoned(String),
     #[error("message stream {name} takes no more writes until weir restarts: {reason}")]
     WritesStopped { name: String, reason: String },
+    #[error("the message could not be written to message stream {name}: {reason}")]
+    AppendFailed { name: String, reason: String },
 }
 
 /// Limits the store enforces on behalf of the server.
@@ -177,6 +179,12 @@ impl Store {
     /// [`Store::durable`] before acknowledging.
     pub fn append(&self, name: &str, payload: Bytes) -> Result<Appended, StoreError> {
         self.get(name)?.append(payload, self.now_millis())
+    }
+
+    /// Writes a buffered append to the operating system (with every other
+    /// waiting append of its stream) and says whether that worked.
+    pub fn confirm(&self, name: &str, ticket: u64) -> Result<(), StoreError> {
+        self.get(name)?.confirm(ticket)
     }
 
     /// Returns once message `seq` of stream `name` is synced.

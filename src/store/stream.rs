@@ -30,7 +30,24 @@ struct StreamState {
     deleted: bool,
     /// Set by a failed fsync: the stream takes no more writes (reads go on).
     writes_stopped: Option<String>,
+    tickets: Tickets,
 }
+
+/// Which appends reached the operating system. Appends are buffered and
+/// written together at the end of a connection's batch of requests; each
+/// gets a ticket (never reused, unlike a sequence number after a failed
+/// write) to ask, before it is acknowledged, whether its write succeeded.
+#[derive(Default)]
+struct Tickets {
+    next: u64,
+    /// First ticket whose record still waits for a flush.
+    pending_from: Option<u64>,
+    /// Recent failed flushes: tickets `[from, to)` and why.
+    failed: std::collections::VecDeque<(u64, u64, String)>,
+}
+
+/// How many failed flushes are remembered for appends still to confirm.
+const FAILED_FLUSHES_KEPT: usize = 64;
 
 /// Group commit: one task at a time syncs, covering every append written
 /// before its sync began; the others wait for the watermark to pass them.
@@ -46,6 +63,8 @@ struct Durability {
 pub struct Appended {
     pub sequence_number: i64,
     pub flush: bool,
+    /// For [`Stream::confirm`].
+    pub ticket: u64,
 }
 
 /// The outcome of a read attempt that does not wait.
@@ -76,6 +95,7 @@ impl Stream {
                 exports,
                 deleted: false,
                 writes_stopped: None,
+                tickets: Tickets::default(),
             }),
             durability: on_disk.then(|| Durability {
                 synced: watch::Sender::new(next),
@@ -111,9 +131,10 @@ impl Stream {
     }
 
     /// Appends one message, making room first as the stream's strategy says.
-    /// The message is in the operating system (it survives weir crashing)
-    /// when this returns; `Appended::flush` says whether it must also be
-    /// synced ([`Stream::sync_to`]) before it is acknowledged.
+    /// The message may wait in memory with others: before acknowledging it,
+    /// [`Stream::confirm`] writes it to the operating system (from then on
+    /// it survives weir crashing), and, if `Appended::flush`
+    /// (`flushOnWrite`), [`Stream::sync_to`] makes it durable.
     pub fn append(&self, payload: Bytes, now_millis: i64) -> Result<Appended, StoreError> {
         let mut state = self.lock()?;
         if let Some(reason) = &state.writes_stopped {
@@ -127,13 +148,48 @@ impl Stream {
             state.writes_stopped = Some(e.to_string());
         }
         let flush = state.definition.flush_on_write && self.durability.is_some();
-        drop(state);
         let seq = result?;
+        let tickets = &mut state.tickets;
+        let ticket = tickets.next;
+        tickets.next += 1;
+        tickets.pending_from.get_or_insert(ticket);
+        drop(state);
         self.changed.send_replace(());
         Ok(Appended {
             sequence_number: seq,
             flush,
+            ticket,
         })
+    }
+
+    /// Writes the append of `ticket` (and every other waiting one) to the
+    /// operating system if that has not happened yet, and says whether it
+    /// succeeded; a failed write is reported to every append it covered.
+    pub fn confirm(&self, ticket: u64) -> Result<(), StoreError> {
+        let mut state = self
+            .state
+            .lock()
+            .map_err(|_| StoreError::Poisoned(self.name.clone()))?;
+        if state
+            .tickets
+            .pending_from
+            .is_some_and(|from| ticket >= from)
+        {
+            // The outcome is recorded per ticket and read below.
+            state.flush().ok();
+        }
+        match state
+            .tickets
+            .failed
+            .iter()
+            .find(|(from, to, _)| (*from..*to).contains(&ticket))
+        {
+            Some((_, _, reason)) => Err(StoreError::AppendFailed {
+                name: self.name.clone(),
+                reason: reason.clone(),
+            }),
+            None => Ok(()),
+        }
     }
 
     fn append_locked(
@@ -169,7 +225,7 @@ impl Stream {
         }
         if let Some(active) = state.log.active_segment() {
             if retention::seal_before_append(&active, record, segment_size) {
-                state.log.seal_active().map_err(StoreError::Write)?;
+                state.seal_active()?;
             }
         }
         state
@@ -205,7 +261,10 @@ impl Stream {
             // first, so this sync covers them too.
             tokio::task::yield_now().await;
             let (covered, target) = {
-                let state = self.lock()?;
+                let mut state = self.lock()?;
+                // Waiting appends go to the OS first, so the sync covers them
+                // (one that fails is reported by `confirm`).
+                state.flush().ok();
                 if let Some(reason) = &state.writes_stopped {
                     return Err(StoreError::WritesStopped {
                         name: self.name.clone(),
@@ -234,6 +293,10 @@ impl Stream {
                     });
                 }
             }
+            if covered <= seq {
+                // `seq` was never written (its write failed and was undone).
+                return Ok(());
+            }
             // Always notifies, so no waiter sleeps through a leader change.
             durability
                 .synced
@@ -255,6 +318,7 @@ impl Stream {
         max_response_bytes: usize,
     ) -> Result<ReadAttempt, StoreError> {
         let mut state = self.lock()?;
+        state.flush_for_read();
         state.expire(now_millis)?;
         let next = state.log.next_sequence_number();
         let start = options
@@ -282,6 +346,7 @@ impl Stream {
 
     pub fn describe(&self, now_millis: i64) -> Result<MessageStreamInfo, StoreError> {
         let mut state = self.lock()?;
+        state.flush_for_read();
         state.expire(now_millis)?;
         let next = state.log.next_sequence_number();
         Ok(MessageStreamInfo {
@@ -340,6 +405,48 @@ impl Stream {
 }
 
 impl StreamState {
+    /// Writes waiting appends; a failure is recorded against their tickets
+    /// (and, for a failed fsync-like error, stops the stream's writes).
+    fn flush(&mut self) -> Result<(), StoreError> {
+        if !self.log.has_pending() {
+            self.tickets.pending_from = None;
+            return Ok(());
+        }
+        let result = self.log.flush();
+        let from = self.tickets.pending_from.take();
+        match result {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let reason = e.to_string();
+                if let StorageError::Sync(_) = e {
+                    self.writes_stopped = Some(reason.clone());
+                }
+                if let Some(from) = from {
+                    self.tickets
+                        .failed
+                        .push_back((from, self.tickets.next, reason));
+                    if self.tickets.failed.len() > FAILED_FLUSHES_KEPT {
+                        self.tickets.failed.pop_front();
+                    }
+                }
+                Err(StoreError::Write(e))
+            }
+        }
+    }
+
+    /// Before reading: a failed write concerns the appends it covered (they
+    /// learn it from `confirm`), not the reader, who reads what is there.
+    fn flush_for_read(&mut self) {
+        if let Err(e) = self.flush() {
+            tracing::warn!(stream = %self.definition.name, error = %e, "buffered appends could not be written");
+        }
+    }
+
+    fn seal_active(&mut self) -> Result<(), StoreError> {
+        self.flush()?;
+        self.log.seal_active().map_err(StoreError::Write)
+    }
+
     fn oldest_sequence_number(&self) -> i64 {
         self.log
             .oldest_segment()
@@ -350,7 +457,7 @@ impl StreamState {
     fn drop_oldest(&mut self) -> Result<(), StoreError> {
         if let Some(oldest) = self.log.oldest_segment() {
             if !oldest.sealed {
-                self.log.seal_active().map_err(StoreError::Write)?;
+                self.seal_active()?;
             }
             self.log
                 .remove_oldest_segment()

@@ -31,7 +31,6 @@ pub struct FileLog {
     missing: Vec<(i64, i64)>,
     next_seq: i64,
     total_bytes: u64,
-    scratch: Vec<u8>,
 }
 
 /// What start-up found in a stream's folder.
@@ -53,7 +52,6 @@ impl FileLog {
             missing: Vec::new(),
             next_seq: 0,
             total_bytes: 0,
-            scratch: Vec::new(),
         }
     }
 
@@ -160,10 +158,26 @@ impl SegmentLog for FileLog {
             .back_mut()
             .expect("an active segment was just ensured");
         let before = segment.info.bytes;
-        segment.append(seq, ingest_time, &payload, &mut self.scratch)?;
+        segment.append(seq, ingest_time, &payload);
         self.total_bytes += segment.info.bytes - before;
         self.next_seq = seq + 1;
         Ok(seq)
+    }
+
+    fn flush(&mut self) -> Result<(), StorageError> {
+        let Some(segment) = self.segments.back_mut() else {
+            return Ok(());
+        };
+        let before = segment.info.bytes;
+        let result = segment.flush();
+        // A failed write forgets the pending records; follow the segment.
+        self.total_bytes -= before - segment.info.bytes;
+        self.next_seq = segment.info.next_sequence_number;
+        result
+    }
+
+    fn has_pending(&self) -> bool {
+        self.segments.back().is_some_and(Segment::has_pending)
     }
 
     fn seal_active(&mut self) -> Result<(), StorageError> {

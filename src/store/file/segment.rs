@@ -24,6 +24,22 @@ pub struct Segment {
     /// Records that failed their checksum when the segment was recovered
     /// (first seq of the damage, first readable seq after it).
     damaged: Vec<(i64, i64)>,
+    /// Records appended but not yet written to the file: appends arriving
+    /// together are written with one call ([`Segment::flush`]).
+    pending: Vec<u8>,
+    /// Record bytes in the file (`info.bytes` minus `pending`).
+    written: u64,
+    /// Index entries already in the active index file.
+    index_written: usize,
+    /// The state before the first pending record, restored if writing fails.
+    undo: Option<Undo>,
+}
+
+#[derive(Clone, Copy)]
+struct Undo {
+    info: SegmentInfo,
+    index_len: usize,
+    indexed_at: u64,
 }
 
 fn corrupt(path: &Path, what: impl std::fmt::Display) -> StorageError {
@@ -63,6 +79,10 @@ impl Segment {
             index: Vec::new(),
             indexed_at: 0,
             damaged: Vec::new(),
+            pending: Vec::new(),
+            written: 0,
+            index_written: 0,
+            undo: None,
         })
     }
 
@@ -70,49 +90,82 @@ impl Segment {
         Arc::clone(&self.file)
     }
 
-    /// Writes one record at the end. On failure the file is cut back to
-    /// where it was, so a failed append leaves no partial record behind.
-    pub fn append(
-        &mut self,
-        seq: i64,
-        ingest_time: i64,
-        payload: &[u8],
-        scratch: &mut Vec<u8>,
-    ) -> Result<(), StorageError> {
+    /// Adds one record after the others. Nothing is written until
+    /// [`Segment::flush`].
+    pub fn append(&mut self, seq: i64, ingest_time: i64, payload: &[u8]) {
         debug_assert_eq!(seq, self.info.next_sequence_number);
+        if self.pending.is_empty() {
+            self.undo = Some(Undo {
+                info: self.info,
+                index_len: self.index.len(),
+                indexed_at: self.indexed_at,
+            });
+        }
         let offset = SEGMENT_HEADER_LEN + self.info.bytes;
-        scratch.clear();
-        format::encode_record(seq, ingest_time, payload, scratch);
-        if let Err(e) = self.file.write_all_at(scratch, offset) {
+        let before = self.pending.len();
+        format::encode_record(seq, ingest_time, payload, &mut self.pending);
+        if self.index.is_empty() || self.info.bytes - self.indexed_at >= INDEX_INTERVAL {
+            self.index.push(IndexEntry {
+                seq,
+                offset,
+                ingest_time,
+            });
+            self.indexed_at = self.info.bytes;
+        }
+        self.info.bytes += (self.pending.len() - before) as u64;
+        self.info.next_sequence_number = seq + 1;
+        self.info.newest_ingest_time = self.info.newest_ingest_time.max(ingest_time);
+    }
+
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// Writes the pending records with one call. If that fails, the file is
+    /// cut back to where it was and the segment forgets them, as if they
+    /// had never been appended: no partial record is left behind.
+    pub fn flush(&mut self) -> Result<(), StorageError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let offset = SEGMENT_HEADER_LEN + self.written;
+        if let Err(e) = self.file.write_all_at(&self.pending, offset) {
+            let undo = self
+                .undo
+                .take()
+                .expect("pending records have an undo point");
+            self.info = undo.info;
+            self.index.truncate(undo.index_len);
+            self.index_written = self.index_written.min(undo.index_len);
+            self.indexed_at = undo.indexed_at;
+            self.pending.clear();
             if let Err(cut) = self.file.set_len(offset) {
-                // The file now may end in a partial record; recovery would
-                // cut it, but this process cannot trust it any more.
-                return Err(StorageError::Io(std::io::Error::other(format!(
-                    "{e}; cutting back the partial record failed too: {cut}"
+                // The file may now end in a partial record; recovery would
+                // cut it, but this process cannot trust the file any more.
+                return Err(StorageError::Sync(std::io::Error::other(format!(
+                    "{e}; cutting back the partial write failed too: {cut}"
                 ))));
             }
             return Err(e.into());
         }
-        if self.index.is_empty() || self.info.bytes - self.indexed_at >= INDEX_INTERVAL {
-            let entry = IndexEntry {
-                seq,
-                offset,
-                ingest_time,
-            };
-            if let Some(index_file) = &self.index_file {
-                // The active index is a hint, checked record by record at
-                // recovery; losing it costs a longer scan, never data.
-                let at = (self.index.len() * INDEX_ENTRY_LEN) as u64;
-                if let Err(e) = index_file.write_all_at(&entry.encode(), at) {
-                    tracing::debug!(error = %e, path = %self.index_path.display(), "index entry not written");
+        self.written += self.pending.len() as u64;
+        self.pending.clear();
+        self.undo = None;
+        if let Some(index_file) = &self.index_file {
+            // The active index is a hint, checked record by record at
+            // recovery; losing it costs a longer scan, never data.
+            let new: Vec<u8> = self.index[self.index_written..]
+                .iter()
+                .flat_map(IndexEntry::encode)
+                .collect();
+            let at = (self.index_written * INDEX_ENTRY_LEN) as u64;
+            match index_file.write_all_at(&new, at) {
+                Ok(()) => self.index_written = self.index.len(),
+                Err(e) => {
+                    tracing::debug!(error = %e, path = %self.index_path.display(), "index hint not written")
                 }
             }
-            self.index.push(entry);
-            self.indexed_at = self.info.bytes;
         }
-        self.info.bytes += scratch.len() as u64;
-        self.info.next_sequence_number = seq + 1;
-        self.info.newest_ingest_time = self.info.newest_ingest_time.max(ingest_time);
         Ok(())
     }
 
@@ -122,6 +175,7 @@ impl Segment {
         if self.info.sealed {
             return Ok(());
         }
+        self.flush()?;
         self.file.sync_data().map_err(StorageError::Sync)?;
         let summary = SealedSummary {
             next_seq: self.info.next_sequence_number,
@@ -182,13 +236,15 @@ impl Segment {
             Some(e) => (e.seq, e.offset),
             None => (self.info.first_sequence_number, SEGMENT_HEADER_LEN),
         };
-        let end = SEGMENT_HEADER_LEN + self.info.bytes;
+        debug_assert!(self.pending.is_empty(), "reads follow a flush");
+        let end = SEGMENT_HEADER_LEN + self.written;
+        let mut window = Window::new(&*self.file, end);
         while seq < self.info.next_sequence_number && offset < end {
-            let mut head = [0u8; RECORD_HEADER_LEN];
-            if !fs::read_exact_at(&*self.file, &mut head, offset)? {
+            let Some(head) = window.slice(offset, RECORD_HEADER_LEN)? else {
                 return Err(corrupt(&self.path, format!("record {seq} is cut short")));
-            }
-            let header = RecordHeader::parse(&head);
+            };
+            let header =
+                RecordHeader::parse(head[..].try_into().expect("a record header's length"));
             if header.seq != seq || header.len > MAX_PAYLOAD || offset + header.total_len() > end {
                 return Err(corrupt(
                     &self.path,
@@ -200,20 +256,18 @@ impl Segment {
                 if out.len() == max_count || (!out.is_empty() && *bytes + len > max_bytes) {
                     return Ok(false);
                 }
-                let mut payload = vec![0u8; len];
-                if !fs::read_exact_at(&*self.file, &mut payload, offset + RECORD_HEADER_LEN as u64)?
-                    || !header.verifies(&payload)
-                {
+                let payload = window.slice(offset + RECORD_HEADER_LEN as u64, len)?;
+                let Some(payload) = payload.filter(|p| header.verifies(p)) else {
                     return Err(corrupt(
                         &self.path,
                         format!("record {seq} fails its checksum"),
                     ));
-                }
+                };
                 *bytes += len;
                 out.push(Message {
                     sequence_number: seq,
                     ingest_time: header.ingest_time,
-                    payload: Bytes::from(payload),
+                    payload,
                 });
             }
             offset += header.total_len();
@@ -224,6 +278,51 @@ impl Segment {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+}
+
+/// Reads go through a window of at least this many bytes, so a run of small
+/// records costs one read call instead of two per record.
+const READ_WINDOW: usize = 64 * 1024;
+
+/// A window onto a segment file; payloads handed out share its buffer
+/// instead of being copied.
+struct Window<'f> {
+    file: &'f dyn FileHandle,
+    /// Bytes of the file that may be read.
+    end: u64,
+    start: u64,
+    buf: Bytes,
+}
+
+impl<'f> Window<'f> {
+    fn new(file: &'f dyn FileHandle, end: u64) -> Self {
+        Window {
+            file,
+            end,
+            start: 0,
+            buf: Bytes::new(),
+        }
+    }
+
+    /// Bytes `offset..offset + len`; `None` if the file ends first.
+    fn slice(&mut self, offset: u64, len: usize) -> Result<Option<Bytes>, StorageError> {
+        let within =
+            offset >= self.start && offset + len as u64 <= self.start + self.buf.len() as u64;
+        if !within {
+            let available = usize::try_from(self.end.saturating_sub(offset)).unwrap_or(usize::MAX);
+            if available < len {
+                return Ok(None);
+            }
+            let mut buf = vec![0u8; READ_WINDOW.max(len).min(available)];
+            if !fs::read_exact_at(self.file, &mut buf, offset)? {
+                return Ok(None);
+            }
+            self.start = offset;
+            self.buf = Bytes::from(buf);
+        }
+        let at = (offset - self.start) as usize;
+        Ok(Some(self.buf.slice(at..at + len)))
     }
 }
 
@@ -278,9 +377,13 @@ pub fn recover(
                     index_path,
                     file,
                     index_file: None,
+                    index_written: index.len(),
                     index,
                     indexed_at,
                     damaged: Vec::new(),
+                    pending: Vec::new(),
+                    written: summary.bytes,
+                    undo: None,
                 },
                 truncated: 0,
             });
@@ -385,9 +488,13 @@ pub fn recover(
         index_path,
         file,
         index_file,
+        index_written: index.len(),
         index,
         indexed_at,
         damaged,
+        pending: Vec::new(),
+        written: bytes,
+        undo: None,
     };
     if !is_last && segment.damaged.is_empty() {
         // Not the last segment but never sealed (a crash between sealing
