@@ -192,20 +192,31 @@ async fn append_load(
         let window = Arc::clone(&window);
         let sent_at = Arc::clone(&sent_at);
         tokio::spawn(async move {
+            // Pipelining: every request the window allows right now goes
+            // out in one write, as redis-benchmark -P does.
             let mut buf = BytesMut::new();
-            for i in 0..count {
+            let mut i = 0;
+            while i < count {
                 window.acquire().await?.forget();
-                client::frame(
-                    Operation::AppendMessage,
-                    &client::append(&i.to_string(), stream, &payload),
-                    &mut buf,
-                );
+                let mut burst = 1;
+                while i + burst < count && window.try_acquire().map(|p| p.forget()).is_ok() {
+                    burst += 1;
+                }
+                let now = Instant::now();
+                for n in i..i + burst {
+                    client::frame(
+                        Operation::AppendMessage,
+                        &client::append(&n.to_string(), stream, &payload),
+                        &mut buf,
+                    );
+                }
                 sent_at
                     .lock()
                     .expect("bench lock")
-                    .push_back(Instant::now());
+                    .extend(std::iter::repeat_n(now, burst));
                 writer.write_all(&buf).await?;
                 buf.clear();
+                i += burst;
             }
             Ok::<_, BoxError>(writer)
         })

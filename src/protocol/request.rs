@@ -62,6 +62,11 @@ pub enum DecodeError {
 
 impl Request {
     pub fn decode(op: u8, payload: &[u8]) -> Result<Request, DecodeError> {
+        if op == 4 {
+            if let Some(request) = fast_append(payload) {
+                return Ok(request);
+            }
+        }
         let unanswerable = |reason: String| DecodeError::Unanswerable { op, reason };
         let value = cbor::decode(payload).map_err(unanswerable)?;
         let map = top_map(&value).map_err(|e| unanswerable(e.0))?;
@@ -130,6 +135,60 @@ impl Request {
     }
 }
 
+/// The hot operation without the value tree: an append as every SDK but
+/// Java sends it (a definite map of `requestId`, `name`, `payload`). Anything
+/// else, including anything invalid, returns `None` and takes the general,
+/// tolerant path, which also words the errors.
+fn fast_append(payload: &[u8]) -> Option<Request> {
+    use ciborium_io::Read;
+    use ciborium_ll::{Decoder, Header};
+    let mut dec = Decoder::from(payload);
+    let Ok(Header::Map(Some(entries))) = dec.pull() else {
+        return None;
+    };
+    let (mut request_id, mut name, mut data) = (None, None, None);
+    let mut key = [0u8; 9];
+    for _ in 0..entries {
+        let Ok(Header::Text(Some(len))) = dec.pull() else {
+            return None;
+        };
+        let key = key.get_mut(..len)?;
+        dec.read_exact(key).ok()?;
+        let value = dec.pull().ok()?;
+        // Lengths are checked against what is left before allocating.
+        let left = payload.len() - dec.offset();
+        match (&key[..], value) {
+            (b"requestId", Header::Text(Some(len))) if len <= left && request_id.is_none() => {
+                let mut text = vec![0u8; len];
+                dec.read_exact(&mut text).ok()?;
+                request_id = Some(String::from_utf8(text).ok()?);
+            }
+            (b"name", Header::Text(Some(len))) if len <= left && name.is_none() => {
+                let mut text = vec![0u8; len];
+                dec.read_exact(&mut text).ok()?;
+                name = Some(String::from_utf8(text).ok()?);
+            }
+            (b"payload", Header::Bytes(Some(len)))
+                if (1..=left).contains(&len) && data.is_none() =>
+            {
+                let mut bytes = vec![0u8; len];
+                dec.read_exact(&mut bytes).ok()?;
+                data = Some(bytes);
+            }
+            _ => return None,
+        }
+    }
+    let name = name?;
+    check_name("name", &name).ok()?;
+    Some(Request {
+        request_id: request_id?,
+        body: RequestBody::AppendMessage {
+            name,
+            payload: Bytes::from(data?),
+        },
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -159,6 +218,28 @@ mod tests {
                 payload: Bytes::from_static(b"hello")
             }
         );
+    }
+
+    #[test]
+    fn the_fast_append_path_agrees_with_the_general_one() {
+        // {"requestId": "1", "name": "S", "payload": h'01'}
+        let payload = hex("a3697265717565737449646131646e616d656153677061796c6f61644101");
+        let fast = fast_append(&payload).expect("takes the fast path");
+        assert_eq!(Ok(fast), Request::decode(2 + 2, &payload));
+        let value = cbor::decode(&payload).unwrap();
+        let map = top_map(&value).unwrap();
+        assert_eq!(map.text("requestId").unwrap().as_deref(), Some("1"));
+        // Java's indefinite map, an extra key, a text payload, an empty
+        // payload, a lying length: all left to the general path.
+        for other in [
+            "bf697265717565737449646131646e616d656153677061796c6f61644101ff",
+            "a4697265717565737449646131646e616d656153677061796c6f6164410161780a",
+            "a3697265717565737449646131646e616d656153677061796c6f61646178",
+            "a3697265717565737449646131646e616d656153677061796c6f616440",
+            "a3697265717565737449646131646e616d656153677061796c6f61645a7fffffff01",
+        ] {
+            assert_eq!(fast_append(&hex(other)), None, "{other}");
+        }
     }
 
     #[test]

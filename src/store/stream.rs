@@ -154,7 +154,10 @@ impl Stream {
         tickets.next += 1;
         tickets.pending_from.get_or_insert(ticket);
         drop(state);
-        self.changed.send_replace(());
+        if self.changed.receiver_count() > 0 {
+            // Only long-polling readers subscribe; most appends have none.
+            self.changed.send_replace(());
+        }
         Ok(Appended {
             sequence_number: seq,
             flush,
