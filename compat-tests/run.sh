@@ -9,6 +9,12 @@
 #      test_gg110.py        Greengrass 1.10 sample-style writer/reader (greengrasssdk 1.5.0, Python 3.7)
 #      test_conformance.py  every operation/status/edge case with all four SDKs
 #      test_hostile.py      malformed input on raw sockets while an SDK client keeps working
+#      test_crash.py        SIGKILL while a client appends (flushOnWrite on/off); restart on the
+#                           same store: every acknowledged message is there, sequence numbers go on
+#                           (seeded: WEIR_CRASH_SEED=<printed seed> repeats a run)
+#      test_restart.py      File streams of every kind across SIGTERM restarts with three Python SDKs
+#                           (includes a one-minute TTL wait), and conformance.py with a restart
+#                           between every two cases
 # Exits non-zero if anything failed. Needs: pyenv Python 3.7.16 + 3.11.7, node, npm.
 set -uo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -31,7 +37,7 @@ py="$cache/py311-stream-manager-1.1.2/bin/python"
 
 declare -a names=() results=()
 start_all=$SECONDS
-for t in test_gg110 test_conformance test_hostile; do
+for t in test_gg110 test_conformance test_hostile test_crash test_restart; do
   echo
   echo "======== $t"
   start=$SECONDS

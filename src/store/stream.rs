@@ -46,6 +46,9 @@ struct Tickets {
     failed: std::collections::VecDeque<(u64, u64, String)>,
 }
 
+/// Most yields a sync leader waits for more appends to join its sync.
+const GATHER_ROUNDS: usize = 8;
+
 /// How many failed flushes are remembered for appends still to confirm.
 const FAILED_FLUSHES_KEPT: usize = 64;
 
@@ -260,9 +263,19 @@ impl Stream {
                 synced.changed().await.ok();
                 continue;
             };
-            // Let appends that are already on their way (ready tasks) write
-            // first, so this sync covers them too.
-            tokio::task::yield_now().await;
+            // Let appends already on their way write first, so this sync
+            // covers them too: yield (tokio runs the I/O driver before a
+            // yielded task resumes) for as long as new appends keep coming,
+            // a few rounds at most. A lone appender pays one yield.
+            let mut seen = self.next_sequence_number()?;
+            for _ in 0..GATHER_ROUNDS {
+                tokio::task::yield_now().await;
+                let now = self.next_sequence_number()?;
+                if now == seen {
+                    break;
+                }
+                seen = now;
+            }
             let (covered, target) = {
                 let mut state = self.lock()?;
                 // Waiting appends go to the OS first, so the sync covers them
