@@ -195,13 +195,7 @@ impl Store {
     /// Syncs everything appended to every stream on disk (the background
     /// sync of streams without `flushOnWrite`, and shutdown).
     pub async fn sync_all(&self) {
-        let streams: Vec<_> = self
-            .streams
-            .read()
-            .expect("registry lock")
-            .values()
-            .cloned()
-            .collect();
+        let streams = self.all_streams();
         for stream in streams.into_iter().filter(|s| s.is_on_disk()) {
             let result = match stream.next_sequence_number() {
                 Ok(next) => stream.sync_to(next - 1).await,
@@ -299,16 +293,20 @@ impl Store {
         }
     }
 
-    /// Applies TTL to every stream (run periodically, so idle streams shrink
-    /// too).
-    pub fn enforce_retention(&self) {
-        let streams: Vec<_> = self
-            .streams
+    /// The streams now, without holding the registry lock while using them.
+    fn all_streams(&self) -> Vec<Arc<Stream>> {
+        self.streams
             .read()
             .expect("registry lock")
             .values()
             .cloned()
-            .collect();
+            .collect()
+    }
+
+    /// Applies TTL to every stream (run periodically, so idle streams shrink
+    /// too).
+    pub fn enforce_retention(&self) {
+        let streams = self.all_streams();
         let now = self.now_millis();
         for stream in streams {
             if let Err(e) = stream.enforce_retention(now) {

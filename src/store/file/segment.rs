@@ -64,26 +64,48 @@ impl Segment {
         fs::write_atomically(fs, &path, &format::encode_segment_header(first_seq))?;
         let file = fs.open(&path)?;
         let index_file = fs.create(&index_path)?;
-        Ok(Segment {
-            info: SegmentInfo {
-                first_sequence_number: first_seq,
-                next_sequence_number: first_seq,
-                bytes: 0,
-                newest_ingest_time: now_millis,
-                sealed: false,
-            },
+        let info = SegmentInfo {
+            first_sequence_number: first_seq,
+            next_sequence_number: first_seq,
+            bytes: 0,
+            newest_ingest_time: now_millis,
+            sealed: false,
+        };
+        Ok(Segment::with_written(
+            info,
+            path,
+            file,
+            Some(index_file),
+            Vec::new(),
+            Vec::new(),
+        ))
+    }
+
+    /// A segment whose records (`info.bytes` of them) are all in the file.
+    fn with_written(
+        info: SegmentInfo,
+        path: PathBuf,
+        file: Arc<dyn FileHandle>,
+        index_file: Option<Arc<dyn FileHandle>>,
+        index: Vec<IndexEntry>,
+        damaged: Vec<(i64, i64)>,
+    ) -> Segment {
+        let index_path = path.with_extension("idx");
+        let indexed_at = index.last().map_or(0, |e| e.offset - SEGMENT_HEADER_LEN);
+        Segment {
+            written: info.bytes,
+            info,
             path,
             index_path,
             file,
-            index_file: Some(index_file),
-            index: Vec::new(),
-            indexed_at: 0,
-            damaged: Vec::new(),
+            index_file,
+            index_written: index.len(),
+            index,
+            indexed_at,
+            damaged,
             pending: Vec::new(),
-            written: 0,
-            index_written: 0,
             undo: None,
-        })
+        }
     }
 
     pub fn sync_target(&self) -> Arc<dyn FileHandle> {
@@ -363,10 +385,9 @@ pub fn recover(
     let index_bytes = fs::read_file(fs, &index_path).unwrap_or_default();
     if let Some((index, summary)) = format::decode_sealed_index(&index_bytes) {
         if SEGMENT_HEADER_LEN + summary.bytes == file_len {
-            let indexed_at = index.last().map_or(0, |e| e.offset - SEGMENT_HEADER_LEN);
             return Ok(Recovered {
-                segment: Segment {
-                    info: SegmentInfo {
+                segment: Segment::with_written(
+                    SegmentInfo {
                         first_sequence_number: first_seq,
                         next_sequence_number: summary.next_seq,
                         bytes: summary.bytes,
@@ -374,17 +395,11 @@ pub fn recover(
                         sealed: true,
                     },
                     path,
-                    index_path,
                     file,
-                    index_file: None,
-                    index_written: index.len(),
+                    None,
                     index,
-                    indexed_at,
-                    damaged: Vec::new(),
-                    pending: Vec::new(),
-                    written: summary.bytes,
-                    undo: None,
-                },
+                    Vec::new(),
+                ),
                 truncated: 0,
             });
         }
@@ -475,27 +490,14 @@ pub fn recover(
     } else {
         None
     };
-    let indexed_at = index.last().map_or(0, |e| e.offset - SEGMENT_HEADER_LEN);
-    let mut segment = Segment {
-        info: SegmentInfo {
-            first_sequence_number: first_seq,
-            next_sequence_number: seq,
-            bytes,
-            newest_ingest_time: if newest == i64::MIN { 0 } else { newest },
-            sealed: !is_last,
-        },
-        path,
-        index_path,
-        file,
-        index_file,
-        index_written: index.len(),
-        index,
-        indexed_at,
-        damaged,
-        pending: Vec::new(),
-        written: bytes,
-        undo: None,
+    let info = SegmentInfo {
+        first_sequence_number: first_seq,
+        next_sequence_number: seq,
+        bytes,
+        newest_ingest_time: if newest == i64::MIN { 0 } else { newest },
+        sealed: !is_last,
     };
+    let mut segment = Segment::with_written(info, path, file, index_file, index, damaged);
     if !is_last && segment.damaged.is_empty() {
         // Not the last segment but never sealed (a crash between sealing
         // steps): seal it now so the next start reads its footer.
