@@ -34,6 +34,16 @@ class HarnessError(Exception):
     """Infrastructure failure (weir did not start/stop properly, a client crashed...)."""
 
 
+def _die_with_parent():
+    """In the child before exec: SIGKILL it when the driver dies (Linux prctl PR_SET_PDEATHSIG),
+    so a driver killed by a timeout or a closed output pipe leaves no weir behind."""
+    try:
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL), 0, 0, 0)
+    except Exception:
+        pass
+
+
 def weir_binary():
     path = os.environ.get("WEIR_BIN") or os.path.join(HERE, "..", "target", "debug", "weir")
     path = os.path.abspath(path)
@@ -102,7 +112,7 @@ class Weir:
         self.proc = subprocess.Popen(
             [self.binary], env=env, cwd=self.tmp,
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            text=True, errors="replace",
+            text=True, errors="replace", preexec_fn=_die_with_parent,
         )
         # A thread keeps draining stderr for the whole life of the process (so weir
         # can never block on a full pipe) and flags readiness when the line appears.

@@ -61,9 +61,13 @@ fn serve() -> std::process::ExitCode {
 fn init_logging(level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level.to_ascii_lowercase()));
+    // A closed or full stderr must not take weir down: the subscriber would
+    // report its own write errors on stderr, which panics when stderr is
+    // gone, so it is told not to.
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .log_internal_errors(false)
         .init();
 }
 
@@ -82,9 +86,11 @@ async fn stop_on_signal(shutdown: CancellationToken) {
             _ = term.recv() => {}
             _ = int.recv() => {}
         }
+        // Act first, then log: nothing may stand between a signal and the
+        // shutdown it asks for.
         if round == 0 {
-            tracing::info!("stopping");
             shutdown.cancel();
+            tracing::info!("stopping");
         } else {
             tracing::warn!("second signal: exiting now");
             std::process::exit(1);
