@@ -16,6 +16,7 @@
 //! | `WEIR_AUTH_TOKEN_FILE` | `<store root>/auth_token`, created if missing | accepted tokens, one per line |
 //! | `WEIR_MAX_FRAME_BYTES` | 1073741824 | largest request frame; larger closes the connection |
 //! | `WEIR_MAX_CONNECTIONS` | 1024 | concurrent client connections |
+//! | `WEIR_MAX_READ_BYTES` | 33554432 | payload bytes one read answer may carry; more messages wait for the next read (at least one is always returned) |
 //! | `WEIR_SYNC_INTERVAL_MS` | 1000 | how often appends to `File` streams without `flushOnWrite` are synced: a power cut can take at most this much |
 
 use crate::protocol::MAX_FRAME_LEN;
@@ -46,6 +47,7 @@ pub struct Config {
     pub s3_multipart_min_part_size: u64,
     pub log_level: String,
     pub sync_interval: std::time::Duration,
+    pub max_read_bytes: usize,
 }
 
 pub const DEFAULT_PORT: u16 = 8088;
@@ -131,6 +133,12 @@ impl Config {
                 5_242_880,
             )?,
             log_level: get("LOG_LEVEL").unwrap_or_else(|| "INFO".into()),
+            max_read_bytes: parse(
+                "WEIR_MAX_READ_BYTES",
+                get("WEIR_MAX_READ_BYTES"),
+                32usize << 20,
+            )?
+            .clamp(1, MAX_FRAME_LEN - 64 * 1024),
             sync_interval: std::time::Duration::from_millis(
                 parse(
                     "WEIR_SYNC_INTERVAL_MS",

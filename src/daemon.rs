@@ -4,7 +4,6 @@
 use crate::auth::{AuthError, Authenticator};
 use crate::clock::SystemClock;
 use crate::config::Config;
-use crate::protocol::MAX_FRAME_LEN;
 use crate::server::dispatch::StoreHandler;
 use crate::server::{self, ServerContext};
 use crate::store::fs::StdFs;
@@ -67,9 +66,10 @@ pub async fn run(
         tracing::warn!("client authentication is off: any local process may connect");
         Authenticator::Disabled
     };
+    // A read answer is built in memory: its size is bounded by the
+    // configuration, never only by the protocol's 1 GiB frame limit.
     let limits = StoreLimits {
-        // Room for the response's own keys beside the payloads.
-        max_read_bytes: MAX_FRAME_LEN - 64 * 1024,
+        max_read_bytes: config.max_read_bytes,
     };
     let started = std::time::Instant::now();
     let store = Store::open(

@@ -284,7 +284,7 @@ fn a_read_larger_than_the_response_limit_is_cut_or_refused() {
     let store = Store::new(
         clock,
         StoreLimits {
-            max_read_bytes: 250,
+            max_read_bytes: 400,
         },
     );
     store

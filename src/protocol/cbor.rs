@@ -153,6 +153,9 @@ fn display_path(path: &str) -> &str {
     }
 }
 
+/// Length field and op byte before a frame's payload.
+const FRAME_HEADER: usize = 5;
+
 /// A minimal CBOR writer over a `Vec<u8>`.
 pub struct Writer {
     buf: Vec<u8>,
@@ -173,6 +176,23 @@ impl Writer {
         Writer {
             buf: Vec::with_capacity(capacity),
         }
+    }
+
+    /// A writer whose buffer starts with room for a frame header, so the
+    /// finished frame needs no second copy ([`Writer::into_frame`]).
+    pub fn for_frame(capacity: usize) -> Self {
+        let mut buf = Vec::with_capacity(FRAME_HEADER + capacity);
+        buf.resize(FRAME_HEADER, 0);
+        Writer { buf }
+    }
+
+    /// The frame `length | op | payload` of a writer made by
+    /// [`Writer::for_frame`].
+    pub fn into_frame(mut self, op: u8) -> Vec<u8> {
+        let len = i32::try_from(self.buf.len() - 4).expect("answer frames stay below 2^31 bytes");
+        self.buf[..4].copy_from_slice(&len.to_be_bytes());
+        self.buf[4] = op;
+        self.buf
     }
 
     fn enc(&mut self) -> Encoder<&mut Vec<u8>> {

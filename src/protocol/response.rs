@@ -3,7 +3,6 @@
 //! lengths, and optional keys omitted rather than `null`.
 
 use super::cbor::Writer;
-use super::frame::RawFrame;
 use super::model::{Message, MessageStreamInfo};
 use super::status::{Operation, StatusCode};
 use super::ProtocolVersion;
@@ -72,6 +71,15 @@ impl Reply {
 
     /// The CBOR payload, as seen by a connection that negotiated `version`.
     pub fn encode_payload(&self, version: ProtocolVersion) -> Vec<u8> {
+        self.frame(version)[5..].to_vec()
+    }
+
+    /// The whole frame, built in one buffer and ready for one write.
+    pub fn frame(&self, version: ProtocolVersion) -> bytes::Bytes {
+        bytes::Bytes::from(self.writer(version).into_frame(self.operation() as u8))
+    }
+
+    fn writer(&self, version: ProtocolVersion) -> Writer {
         let id = self.request_id.as_str();
         match &self.body {
             ReplyBody::CreateMessageStream(r)
@@ -88,7 +96,7 @@ impl Reply {
                 if let Ok(seq) = r {
                     w.kv_int("sequenceNumber", *seq);
                 }
-                w.into_vec()
+                w
             }
             ReplyBody::ListStreams(r) => {
                 let mut w = head(id, r.as_ref().err(), 1, version);
@@ -98,14 +106,14 @@ impl Reply {
                         w.text(s);
                     }
                 }
-                w.into_vec()
+                w
             }
             ReplyBody::DescribeMessageStream(r) => {
                 let mut w = head(id, r.as_ref().err(), 1, version);
                 if let Ok(info) = r {
                     w.text("messageStreamInfo").fields(&info.fields());
                 }
-                w.into_vec()
+                w
             }
             ReplyBody::ReadMessages {
                 stream_name,
@@ -114,20 +122,19 @@ impl Reply {
         }
     }
 
-    /// The whole frame, ready for one write.
+    /// Appends the whole frame to `dst`.
     pub fn encode_frame(&self, version: ProtocolVersion, dst: &mut BytesMut) {
-        RawFrame::encode(self.operation() as u8, &self.encode_payload(version), dst);
+        dst.extend_from_slice(&self.frame(version));
     }
 }
 
-/// `requestId, status, errorMessage?` followed by `extra` more keys on success.
 fn head(
     request_id: &str,
     failure: Option<&Failure>,
     extra: usize,
     version: ProtocolVersion,
 ) -> Writer {
-    let mut w = Writer::default();
+    let mut w = Writer::for_frame(64 + request_id.len());
     match failure {
         None => {
             w.map(2 + extra)
@@ -144,8 +151,8 @@ fn head(
     w
 }
 
-fn status_only(request_id: &str, failure: Option<&Failure>, version: ProtocolVersion) -> Vec<u8> {
-    head(request_id, failure, 0, version).into_vec()
+fn status_only(request_id: &str, failure: Option<&Failure>, version: ProtocolVersion) -> Writer {
+    head(request_id, failure, 0, version)
 }
 
 /// ReadMessagesResponse puts `messages` before `status` in the model.
@@ -154,7 +161,7 @@ fn encode_read(
     stream_name: &str,
     result: &Result<Vec<Message>, Failure>,
     version: ProtocolVersion,
-) -> Vec<u8> {
+) -> Writer {
     match result {
         Err(f) => status_only(request_id, Some(f), version),
         Ok(messages) => {
@@ -162,7 +169,7 @@ fn encode_read(
                 .iter()
                 .map(|m| m.payload.len() + stream_name.len() + 64)
                 .sum();
-            let mut w = Writer::with_capacity(64 + request_id.len() + payload_bytes);
+            let mut w = Writer::for_frame(64 + request_id.len() + payload_bytes);
             w.map(3).kv_text("requestId", request_id);
             w.text("messages").array(messages.len());
             for m in messages {
@@ -174,7 +181,7 @@ fn encode_read(
                     .bytes(&m.payload);
             }
             w.kv_int("status", 0);
-            w.into_vec()
+            w
         }
     }
 }

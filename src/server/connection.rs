@@ -15,6 +15,7 @@ use crate::protocol::{
     Request, StatusCode, CONNECT_VERSION,
 };
 use bytes::{Bytes, BytesMut};
+use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, StreamExt};
 use std::sync::Arc;
 use std::time::Duration;
@@ -231,19 +232,11 @@ async fn session(
             }
         }
         let mut answered = Vec::with_capacity(batch.len());
+        let mut later = Vec::new();
         for frame in batch {
             match carry_out(frame, ctx, version) {
                 Ok(Step::Answer(answer)) => answered.push(answer),
-                Ok(Step::Later(pending)) => {
-                    let answers = answers.clone();
-                    waiting.spawn(async move {
-                        // If the writer is gone the client is too; the
-                        // answer has nowhere to go.
-                        if answers.send(encode(&pending.await, version)).await.is_err() {
-                            tracing::debug!("answer dropped: connection closing");
-                        }
-                    });
-                }
+                Ok(Step::Later(pending)) => later.push(pending),
                 Ok(Step::Nothing) => {}
                 Err(e) => {
                     end = Some(Err(e));
@@ -253,16 +246,35 @@ async fn session(
         }
         // In arrival order; an append's answer first confirms its write (the
         // first one writes all the batch's appends to its stream).
+        // Small answers are merged into one buffer; a large one goes on its
+        // own rather than being copied again.
         let mut out = BytesMut::new();
+        let mut sent = Ok(());
         for answer in answered {
             let reply = match answer {
                 Answer::Now(reply) => reply,
                 Answer::AtBatchEnd(confirm) => confirm(),
             };
-            reply.encode_frame(version, &mut out);
+            let frame = reply.frame(version);
+            if frame.len() < COALESCE_LIMIT {
+                out.extend_from_slice(&frame);
+                continue;
+            }
+            if !out.is_empty() {
+                sent = sent.and(answers.send(out.split().freeze()).await);
+            }
+            sent = sent.and(answers.send(frame).await);
         }
-        if !out.is_empty() && answers.send(out.freeze()).await.is_err() {
+        if !out.is_empty() {
+            sent = sent.and(answers.send(out.freeze()).await);
+        }
+        if sent.is_err() {
             break Err(ConnectionError::WriterGone);
+        }
+        if !later.is_empty() {
+            // One task for the batch's waiting requests, not one each: a
+            // wave of flushOnWrite appends is released by one sync.
+            waiting.spawn(answer_when_ready(later, answers.clone(), version));
         }
         if let Some(end) = end {
             break end;
@@ -291,7 +303,7 @@ enum Answer {
 
 enum Step {
     Answer(Answer),
-    Later(std::pin::Pin<Box<dyn std::future::Future<Output = Reply> + Send>>),
+    Later(Pending),
     /// A request that gets no answer (unknown op from a 1.0.0 client).
     Nothing,
 }
@@ -340,10 +352,28 @@ fn carry_out(
     Ok(Step::Answer(Answer::Now(reply)))
 }
 
-fn encode(reply: &Reply, version: ProtocolVersion) -> Bytes {
-    let mut buf = BytesMut::new();
-    reply.encode_frame(version, &mut buf);
-    buf.freeze()
+type Pending = std::pin::Pin<Box<dyn std::future::Future<Output = Reply> + Send>>;
+
+/// Answers each waiting request as it completes; those completing together
+/// go out in one write.
+async fn answer_when_ready(
+    later: Vec<Pending>,
+    answers: mpsc::Sender<Bytes>,
+    version: ProtocolVersion,
+) {
+    let mut pending: FuturesUnordered<Pending> = later.into_iter().collect();
+    while let Some(reply) = pending.next().await {
+        let mut out = BytesMut::from(&reply.frame(version)[..]);
+        while let Some(Some(reply)) = pending.next().now_or_never() {
+            out.extend_from_slice(&reply.frame(version));
+        }
+        // If the writer is gone the client is too; the answers have
+        // nowhere to go.
+        if answers.send(out.freeze()).await.is_err() {
+            tracing::debug!("answers dropped: connection closing");
+            return;
+        }
+    }
 }
 
 /// Writes answers as whole frames; frames that are ready together go out in

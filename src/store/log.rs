@@ -17,6 +17,13 @@ use std::sync::Arc;
 /// (length, CRC32C, sequence number, ingest time).
 pub const RECORD_OVERHEAD: u64 = 4 + 4 + 8 + 8;
 
+/// What a message costs against a read's byte budget: its payload and the
+/// keys around it in the answer (stream name, sequence number, ingest time),
+/// so many tiny messages cannot make an answer larger than the budget says.
+pub fn read_cost(payload_len: usize) -> usize {
+    payload_len + 64
+}
+
 /// What retention needs to know of a segment.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SegmentInfo {
@@ -62,7 +69,7 @@ pub trait SegmentLog: Send {
     fn remove_oldest_segment(&mut self) -> Result<(), StorageError>;
     /// Up to `max_count` consecutive messages from `from` (which the caller
     /// has clamped to the retained range), stopping before `max_bytes` of
-    /// payload would be exceeded (at least one message is returned if any).
+    /// [`read_cost`] would be exceeded (at least one message is returned if any).
     fn read(
         &self,
         from: i64,

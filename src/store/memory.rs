@@ -1,7 +1,7 @@
 //! [`MemoryLog`]: segments kept in memory (`Persistence.Memory`, and, until
 //! the file log lands, `File` too).
 
-use super::log::{SegmentInfo, SegmentLog, StorageError, RECORD_OVERHEAD};
+use super::log::{read_cost, SegmentInfo, SegmentLog, StorageError, RECORD_OVERHEAD};
 use crate::protocol::model::Message;
 use bytes::Bytes;
 use std::collections::VecDeque;
@@ -111,11 +111,11 @@ impl SegmentLog for MemoryLog {
             let start = usize::try_from(from - segment.info.first_sequence_number).unwrap_or(0);
             for message in segment.messages.iter().skip(start) {
                 if out.len() == max_count
-                    || (!out.is_empty() && bytes + message.payload.len() > max_bytes)
+                    || (!out.is_empty() && bytes + read_cost(message.payload.len()) > max_bytes)
                 {
                     return Ok(out);
                 }
-                bytes += message.payload.len();
+                bytes += read_cost(message.payload.len());
                 out.push(message.clone());
             }
         }

@@ -6,7 +6,7 @@ use super::format::{
 };
 use crate::protocol::model::Message;
 use crate::store::fs::{self, FileHandle, FileSystem};
-use crate::store::log::{SegmentInfo, StorageError};
+use crate::store::log::{read_cost, SegmentInfo, StorageError};
 use bytes::Bytes;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -172,6 +172,10 @@ impl Segment {
         }
         self.written += self.pending.len() as u64;
         self.pending.clear();
+        if self.pending.capacity() > PENDING_KEPT {
+            // A large append's buffer is not kept for the next small ones.
+            self.pending = Vec::new();
+        }
         self.undo = None;
         if let Some(index_file) = &self.index_file {
             // The active index is a hint, checked record by record at
@@ -211,6 +215,8 @@ impl Segment {
         )?;
         self.index_file = None;
         self.info.sealed = true;
+        // A sealed segment is never appended to again.
+        self.pending = Vec::new();
         Ok(())
     }
 
@@ -275,7 +281,9 @@ impl Segment {
             }
             if seq >= from {
                 let len = header.len as usize;
-                if out.len() == max_count || (!out.is_empty() && *bytes + len > max_bytes) {
+                if out.len() == max_count
+                    || (!out.is_empty() && *bytes + read_cost(len) > max_bytes)
+                {
                     return Ok(false);
                 }
                 let payload = window.slice(offset + RECORD_HEADER_LEN as u64, len)?;
@@ -285,7 +293,7 @@ impl Segment {
                         format!("record {seq} fails its checksum"),
                     ));
                 };
-                *bytes += len;
+                *bytes += read_cost(len);
                 out.push(Message {
                     sequence_number: seq,
                     ingest_time: header.ingest_time,
@@ -302,6 +310,9 @@ impl Segment {
         &self.path
     }
 }
+
+/// Capacity of the append buffer kept between flushes.
+const PENDING_KEPT: usize = 1 << 20;
 
 /// Reads go through a window of at least this many bytes, so a run of small
 /// records costs one read call instead of two per record.
