@@ -24,6 +24,8 @@ pub struct NullArgs {
 pub struct NullHandler {
     next: AtomicI64,
     payload: Bytes,
+    /// A real wall-clock time, so answers are the same size as weir's.
+    ingest_time: i64,
 }
 
 impl NullHandler {
@@ -31,6 +33,7 @@ impl NullHandler {
         NullHandler {
             next: AtomicI64::new(0),
             payload: Bytes::from(vec![b'x'; read_payload]),
+            ingest_time: crate::clock::Clock::now_millis(&crate::clock::SystemClock),
         }
     }
 }
@@ -65,7 +68,7 @@ impl RequestHandler for NullHandler {
                 let messages = (0..options.max_message_count)
                     .map(|i| Message {
                         sequence_number: start + i,
-                        ingest_time: 0,
+                        ingest_time: self.ingest_time,
                         payload: self.payload.clone(),
                     })
                     .collect();
