@@ -140,18 +140,22 @@ pub async fn run(args: LoadArgs) -> Result<(), BoxError> {
         read as f64 / elapsed.as_secs_f64()
     );
     shutdown.cancel();
-    if let Some((task, _dir)) = server {
-        task.await??;
+    if let Some((thread, _dir)) = server {
+        thread
+            .join()
+            .map_err(|_| "the in-process weir panicked")??;
     }
     Ok(())
 }
 
+/// Starts weir on its own thread with a single-threaded runtime, as the
+/// `weir` binary runs it, so the load generator does not share its runtime.
 async fn start_in_process(
     shutdown: CancellationToken,
 ) -> Result<
     (
         SocketAddr,
-        tokio::task::JoinHandle<Result<(), BoxError>>,
+        std::thread::JoinHandle<Result<(), BoxError>>,
         tempfile::TempDir,
     ),
     BoxError,
@@ -162,17 +166,19 @@ async fn start_in_process(
     config.authenticate_client = false;
     config.store_root = dir.path().to_owned();
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-    let task = tokio::spawn(async move {
-        crate::daemon::run(config, shutdown, move |addr| {
-            // The receiver waits right below; it is only gone if that await
-            // was cancelled, and then nobody needs the address.
+    let thread = std::thread::spawn(move || -> Result<(), BoxError> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        runtime.block_on(crate::daemon::run(config, shutdown, move |addr| {
+            // The receiver waits below; it is only gone if that await was
+            // cancelled, and then nobody needs the address.
             ready_tx.send(addr).ok();
-        })
-        .await
-        .map_err(BoxError::from)
+        }))?;
+        Ok(())
     });
     let addr = ready_rx.await.map_err(|_| "weir did not start")?;
-    Ok((addr, task, dir))
+    Ok((addr, thread, dir))
 }
 
 /// Appends `count` messages keeping `in_flight` unanswered, returning each

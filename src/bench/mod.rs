@@ -30,7 +30,13 @@ pub enum BenchCommand {
 }
 
 pub fn main(command: BenchCommand) -> ExitCode {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    // The null server runs as the weir binary does (one thread), so the two
+    // differ only in storage; the load generator may use every core.
+    let mut runtime = match command {
+        BenchCommand::Load(_) => tokio::runtime::Builder::new_multi_thread(),
+        BenchCommand::NullServer(_) => tokio::runtime::Builder::new_current_thread(),
+    };
+    let runtime = runtime
         .enable_all()
         .build()
         .expect("cannot start the tokio runtime");
