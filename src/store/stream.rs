@@ -2,6 +2,7 @@
 //! signal long-polling readers wait on. Every change to a stream happens
 //! under its one lock, so appends and retention are serialised (one writer).
 
+use super::fs::FileHandle;
 use super::log::{SegmentLog, StorageError, RECORD_OVERHEAD};
 use super::retention::{self, Room};
 use super::StoreError;
@@ -10,6 +11,7 @@ use crate::protocol::model::{
     StorageStatus,
 };
 use bytes::Bytes;
+use std::sync::Arc;
 use std::sync::{Mutex, MutexGuard};
 use tokio::sync::watch;
 
@@ -58,6 +60,34 @@ struct Durability {
     /// Sequence numbers below this are durable.
     synced: watch::Sender<i64>,
     leader: tokio::sync::Mutex<()>,
+    /// Recent fdatasync time in microseconds (a moving average).
+    sync_micros: std::sync::atomic::AtomicU64,
+}
+
+/// A disk whose fdatasync takes less than this on average is synced on the
+/// protocol thread itself: handing the call to a blocking thread and back
+/// costs about as much as the sync, and the stall it causes the other
+/// connections is shorter than that. Slower disks (SD cards, spinning or
+/// busy ones) are synced on a blocking thread so nothing else waits.
+const INLINE_SYNC_MICROS: u64 = 1_000;
+
+impl Durability {
+    async fn run_sync(
+        &self,
+        file: Arc<dyn FileHandle>,
+    ) -> Result<std::io::Result<()>, tokio::task::JoinError> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let started = std::time::Instant::now();
+        let result = if self.sync_micros.load(Relaxed) < INLINE_SYNC_MICROS {
+            Ok(file.sync_data())
+        } else {
+            tokio::task::spawn_blocking(move || file.sync_data()).await
+        };
+        let took = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        let average = self.sync_micros.load(Relaxed);
+        self.sync_micros.store((average * 7 + took) / 8, Relaxed);
+        result
+    }
 }
 
 /// An acknowledged-to-be append: its sequence number, and whether the
@@ -103,6 +133,8 @@ impl Stream {
             durability: on_disk.then(|| Durability {
                 synced: watch::Sender::new(next),
                 leader: tokio::sync::Mutex::new(()),
+                // Start on a blocking thread until the disk has shown its speed.
+                sync_micros: std::sync::atomic::AtomicU64::new(INLINE_SYNC_MICROS),
             }),
             changed: watch::Sender::new(()),
         }
@@ -290,7 +322,7 @@ impl Stream {
                 (state.log.next_sequence_number(), state.log.sync_target())
             };
             if let Some(file) = target {
-                let result = tokio::task::spawn_blocking(move || file.sync_data()).await;
+                let result = durability.run_sync(file).await;
                 let failure = match result {
                     Ok(Ok(())) => None,
                     Ok(Err(e)) => Some(e.to_string()),
