@@ -38,18 +38,7 @@ DEFAULT_MAX_SIZE = 268435456
 DEFAULT_SEGMENT = 16777216
 
 
-class CaseFailure(Exception):
-    pass
-
-
-def need(cond, msg):
-    if not cond:
-        raise CaseFailure(msg)
-
-
-def eq(got, expected, what):
-    if got != expected:
-        raise CaseFailure("{}: got {!r}, expected {!r}".format(what, got, expected))
+from checks import CaseFailure, eq, need  # noqa: E402  (shared with the other client programs)
 
 
 def client():

@@ -70,18 +70,7 @@ def short(name):
 
 # ================================================================ client (Python 3.7 compatible)
 
-class CaseFailure(Exception):
-    pass
-
-
-def need(cond, msg):
-    if not cond:
-        raise CaseFailure(msg)
-
-
-def eq(got, expected, what):
-    if got != expected:
-        raise CaseFailure("{}: got {!r}, expected {!r}".format(what, got, expected))
+from checks import CaseFailure, eq, need  # noqa: E402  (shared with the other client programs)
 
 
 class Client(object):
