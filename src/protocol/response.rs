@@ -6,7 +6,6 @@ use super::cbor::Writer;
 use super::model::{Message, MessageStreamInfo};
 use super::status::{Operation, StatusCode};
 use super::ProtocolVersion;
-use bytes::BytesMut;
 
 /// A failed operation: its status and the text the client's exception carries.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -69,11 +68,6 @@ impl Reply {
         }
     }
 
-    /// The CBOR payload, as seen by a connection that negotiated `version`.
-    pub fn encode_payload(&self, version: ProtocolVersion) -> Vec<u8> {
-        self.frame(version)[5..].to_vec()
-    }
-
     /// The whole frame, built in one buffer and ready for one write.
     pub fn frame(&self, version: ProtocolVersion) -> bytes::Bytes {
         bytes::Bytes::from(self.writer(version).into_frame(self.operation() as u8))
@@ -120,11 +114,6 @@ impl Reply {
                 result,
             } => encode_read(id, stream_name, result, version),
         }
-    }
-
-    /// Appends the whole frame to `dst`.
-    pub fn encode_frame(&self, version: ProtocolVersion, dst: &mut BytesMut) {
-        dst.extend_from_slice(&self.frame(version));
     }
 }
 
@@ -201,8 +190,7 @@ mod tests {
             request_id: "d50dc5ec-3051-4768-8ebf-98d0a2c92fe8".into(),
             body: ReplyBody::AppendMessage(Ok(0)),
         };
-        let mut frame = BytesMut::new();
-        reply.encode_frame(ProtocolVersion::V1_0_0, &mut frame);
+        let frame = reply.frame(ProtocolVersion::V1_0_0);
         assert_eq!(
             hex(&frame),
             concat!(
@@ -222,8 +210,8 @@ mod tests {
                 "no",
             ))),
         };
-        let old = reply.encode_payload(ProtocolVersion::V1_0_0);
-        let new = reply.encode_payload(ProtocolVersion::V1_1_0);
+        let old = reply.frame(ProtocolVersion::V1_0_0);
+        let new = reply.frame(ProtocolVersion::V1_1_0);
         // ... "status" 01 vs 11 ...
         assert!(hex(&old).contains("66737461747573016c"));
         assert!(hex(&new).contains("66737461747573116c"));
