@@ -116,6 +116,15 @@ impl StreamFolders {
     pub fn new(fs: Arc<dyn FileSystem>, store_root: &Path) -> Result<Self, StorageError> {
         let root = store_root.join("streams");
         fs.create_dir_all(&root)?;
+        // The folders themselves must survive a power cut too, or a fresh
+        // store could lose every stream created in it: make each level's
+        // entry durable in its parent (once, at start-up).
+        let parent = match store_root.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        fs.sync_dir(store_root)?;
+        fs.sync_dir(parent)?;
         Ok(StreamFolders { fs, root })
     }
 
