@@ -585,53 +585,24 @@ def conformance_main(module):
     sys.argv = [os.path.join(here, "conformance.py"), module]
     sys.path.insert(0, here)
     conf = importlib.import_module("conformance")
-    counts = {"PASS": 0, "FAIL": 0, "SKIP": 0}
 
-    def out(kind, name, text=""):
-        counts[kind] += 1
-        print("{} {}{}".format(kind, name, text), flush=True)
-
-    first = True
-    for name, fn, update, only_150 in conf.CASES:
-        if update and not conf.HAS_UPDATE:
-            out("SKIP", name, ": SDK has no update_message_stream (protocol 1.0.0)")
-            continue
-        if only_150 and not conf.IS_150:
-            out("SKIP", name, ": only meaningful for greengrasssdk 1.5.0 (no client-side type checks)")
-            continue
-        if not first:
-            memory = set()
-            probe = conf.client()
-            try:
-                for s in sorted(conf.LIVE):
-                    if probe.describe_message_stream(s).definition.persistence == conf.data.Persistence.Memory:
-                        memory.add(s)
-            finally:
-                probe.close()
-            print("RESTART before {}".format(name), flush=True)
-            if sys.stdin.readline().strip() != "GO":
-                print("driver did not say GO", flush=True)
-                return 2
-            conf.LIVE.difference_update(memory)
-        first = False
-        c = None
+    def restart(next_case):
+        memory = set()
+        probe = conf.client()
         try:
-            c = conf.client()
-            detail = fn(c)
-            out("PASS", name, " ({})".format(detail) if detail else "")
-        except conf.CaseFailure as e:
-            out("FAIL", name, ": {}".format(e))
-        except Exception as e:  # noqa: B902
-            tb = traceback.format_exc().strip().splitlines()
-            out("FAIL", name, ": unexpected {}: {} [{}]".format(type(e).__name__, e, " | ".join(tb[-3:])))
+            for s in sorted(conf.LIVE):
+                if probe.describe_message_stream(s).definition.persistence == conf.data.Persistence.Memory:
+                    memory.add(s)
         finally:
-            if c is not None:
-                try:
-                    c.close()
-                except Exception:
-                    pass
-    print("SUMMARY pass={PASS} fail={FAIL} skip={SKIP}".format(**counts), flush=True)
-    return 1 if counts["FAIL"] else 0
+            probe.close()
+        print("RESTART before {}".format(next_case), flush=True)
+        if sys.stdin.readline().strip() != "GO":
+            print("driver did not say GO", flush=True)
+            return False
+        conf.LIVE.difference_update(memory)
+        return True
+
+    return conf.main(between_cases=restart)
 
 
 # ================================================================ driver (Python 3.11)
