@@ -453,3 +453,30 @@ async fn appends_written_together_fail_together_and_give_their_numbers_back() {
         "a failure is not forgotten by a later success"
     );
 }
+
+#[tokio::test]
+async fn a_create_that_fails_on_a_full_disk_leaves_nothing_behind() {
+    let fs = SimulatedFs::new();
+    let store = open(&fs);
+    fs.set_space_left(Some(10));
+    assert!(matches!(
+        store.create(definition("late", false, 4096)),
+        Err(StoreError::Write(_))
+    ));
+    assert!(
+        !fs.is_dir(&Path::new(ROOT).join("streams").join("late")),
+        "no half-made folder"
+    );
+    assert!(store.list().is_empty());
+    fs.set_space_left(None);
+    store.create(definition("late", false, 4096)).unwrap();
+    assert_eq!(
+        store
+            .append("late", payload("late", 0))
+            .unwrap()
+            .sequence_number,
+        0
+    );
+    drop(store);
+    assert_eq!(open(&fs).list(), ["late"]);
+}

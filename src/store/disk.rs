@@ -140,20 +140,41 @@ impl StreamFolders {
     pub fn create(&self, def: &MessageStreamDefinition) -> Result<FileLog, StorageError> {
         let dir = self.dir(&def.name);
         if self.fs.is_dir(&dir) {
-            // Left by a stream that could not be loaded: keep it aside
-            // rather than mix its files into the new stream's.
-            let aside = self.root.join(format!(
-                "{}.unloadable-{}",
-                encode_name(&def.name),
-                std::process::id()
-            ));
-            tracing::warn!(from = %dir.display(), to = %aside.display(), "moving an unloadable stream folder aside");
-            self.fs.rename(&dir, &aside)?;
+            self.clear_leftover(&dir, &def.name)?;
         }
         self.fs.create_dir_all(&dir)?;
-        self.save_definition(def)?;
-        self.fs.sync_dir(&self.root)?;
+        let made = self
+            .save_definition(def)
+            .and_then(|()| self.fs.sync_dir(&self.root).map_err(StorageError::from));
+        if let Err(e) = made {
+            // No definition, no stream: leave no half-made folder behind (a
+            // full disk would otherwise leave one per attempt).
+            if let Err(cleanup) = self.fs.remove_dir_all(&dir) {
+                tracing::warn!(folder = %dir.display(), error = %cleanup, "could not remove a half-made stream folder");
+            }
+            return Err(e);
+        }
         Ok(FileLog::create(Arc::clone(&self.fs), dir))
+    }
+
+    /// A folder under a new stream's name was left by a stream that could
+    /// not be loaded (or by a create that failed): an empty one is removed,
+    /// anything else is kept aside rather than mixed into the new stream.
+    fn clear_leftover(&self, dir: &Path, name: &str) -> Result<(), StorageError> {
+        if self.fs.list(dir)?.is_empty() {
+            self.fs.remove_dir_all(dir)?;
+            return Ok(());
+        }
+        let aside = (1..)
+            .map(|n| {
+                self.root
+                    .join(format!("{}.unloadable-{n}", encode_name(name)))
+            })
+            .find(|aside| !self.fs.is_dir(aside))
+            .expect("some suffix is free");
+        tracing::warn!(from = %dir.display(), to = %aside.display(), "moving an unloadable stream folder aside");
+        self.fs.rename(dir, &aside)?;
+        Ok(())
     }
 
     /// Replaces a stream's stored definition atomically.
