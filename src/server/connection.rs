@@ -1,10 +1,15 @@
 //! One client connection: handshake, then requests read in order and
 //! answered as they complete.
 //!
-//! Requests are carried out in arrival order; a read that has to wait runs
-//! as its own task, so it never holds up the requests behind it (PROTOCOL.md
-//! 7.2). All answers go through one writer task, which writes whole frames,
-//! coalescing those that are ready, and never splits one (PROTOCOL.md 3.3).
+//! Requests are carried out in arrival order, a batch at a time: every
+//! request already received is carried out before the batch's answers go
+//! out, so appends that arrived together are written to their stream with
+//! one call and confirmed together. A request that has to wait (a
+//! long-polling read, a `flushOnWrite` append waiting for its sync) is
+//! answered by one task per batch, so it never holds up the requests behind
+//! it (PROTOCOL.md 7.2). All answers go through one writer task, which writes
+//! whole frames, coalescing those that are ready, and never splits one
+//! (PROTOCOL.md 3.3).
 
 use super::codec::{CodecError, FrameCodec};
 use super::dispatch::Handled;
