@@ -27,7 +27,14 @@
 //! * [`store`]: the stream registry and each stream's state under one lock
 //!   (its single writer); retention is a pure policy ([`store::retention`])
 //!   that the stream carries out; messages live behind the
-//!   [`store::log::SegmentLog`] seam ([`store::memory::MemoryLog`] today).
+//!   [`store::log::SegmentLog`] seam: [`store::file::FileLog`] (segment files,
+//!   `File` streams, described in [`store::file::format`]) or
+//!   [`store::memory::MemoryLog`] (`Memory` streams). Stream folders and
+//!   definitions are [`store::disk`]. All file I/O goes through the
+//!   [`store::fs::FileSystem`] seam, which tests fill with
+//!   [`store::simfs::SimulatedFs`] to cut the power at any point.
+//!   Durability: appends are written to the OS before they are acknowledged;
+//!   `flushOnWrite` ones after a shared `fdatasync` (group commit).
 //! * [`auth`]: client tokens. [`config`]: the Java server's environment
 //!   variables. [`clock`]: wall time, passed in. [`daemon`]: lifecycle.
 //! * [`bench`]: `weir bench`, a native load generator, and a server that
