@@ -37,7 +37,7 @@
 //!   `flushOnWrite` ones after a shared `fdatasync` (group commit).
 //! * [`auth`]: client tokens. [`config`]: the Java server's environment
 //!   variables. [`clock`]: wall time, passed in. [`daemon`]: lifecycle.
-//! * [`bench`]: `weir bench`, a native load generator, and a server that
+//! * [`mod@bench`]: `weir bench`, a native load generator, and a server that
 //!   stores nothing, the baseline for client-side benchmarks.
 //!
 //! Shutdown is a [`tokio_util::sync::CancellationToken`] passed in; every

@@ -3,9 +3,9 @@
 //! A log is a run of segments, oldest first, each holding consecutive
 //! sequence numbers; the newest one may be *active* (still appended to).
 //! Retention ([`super::retention`]) decides, and the stream carries out, which
-//! sealed segments leave; the log only does what it is told. [`MemoryLog`]
-//! (`super::memory`) keeps segments in memory; the file log fills the same
-//! trait with segment files.
+//! sealed segments leave; the log only does what it is told.
+//! [`super::memory::MemoryLog`] keeps segments in memory;
+//! [`super::file::FileLog`] keeps them in segment files.
 
 use super::fs::FileHandle;
 use crate::protocol::model::Message;

@@ -1,4 +1,4 @@
-//! The file log: a stream's messages in segment files (see [`format`]).
+//! The file log: a stream's messages in segment files (see [`mod@format`]).
 //!
 //! Invariants:
 //! * a segment file exists only once its header is synced and its folder
