@@ -9,7 +9,8 @@ sends SIGTERM and requires exit status 0.
 The same `Weir` can be started again on its store (`restart()`: SIGTERM, then a
 new process on the same store folder; `crash()`: SIGKILL, keeping the store for
 the next `start()`); the temporary folder goes away only with a final
-`stop()`/`kill()`.
+`stop()`/`kill()`.  `Weir(store=...)` runs on a store folder of the caller's
+instead (which the harness never removes).
 """
 
 import os
@@ -69,12 +70,15 @@ def node_modules():
 class Weir:
     """One weir process with its own store directory and auth token."""
 
-    def __init__(self, name="weir"):
+    def __init__(self, name="weir", store=None):
+        """store: a store folder of the caller's (e.g. on a file system it mounted);
+        created if missing and never removed here.  By default a fresh folder in
+        the temporary directory, removed with it."""
         self.name = name
         self.binary = weir_binary()
         self.tmp = tempfile.mkdtemp(prefix=f"weir-compat-{name}-")
-        self.store = os.path.join(self.tmp, "store")
-        os.makedirs(self.store)
+        self.store = os.path.abspath(store) if store else os.path.join(self.tmp, "store")
+        os.makedirs(self.store, exist_ok=store is not None)
         self.token = secrets.token_hex(32)
         self.token_file = os.path.join(self.tmp, "auth_token")
         with open(self.token_file, "w") as f:

@@ -15,6 +15,10 @@
 #      test_restart.py      File streams of every kind across SIGTERM restarts with three Python SDKs
 #                           (includes a one-minute TTL wait), and conformance.py with a restart
 #                           between every two cases
+#      test_full_disk.py    the store on a 4 MiB tmpfs it mounts (root; prints SKIP and passes otherwise):
+#                           appends until the disk is full fail with "No space left", everything
+#                           acknowledged reads back, appends continue once space is freed, also
+#                           across SIGTERM restarts (one of them on the full disk)
 # Exits non-zero if anything failed. Needs: pyenv Python 3.7.16 + 3.11.7, node, npm.
 set -uo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -37,7 +41,7 @@ py="$cache/py311-stream-manager-1.1.2/bin/python"
 
 declare -a names=() results=()
 start_all=$SECONDS
-for t in test_gg110 test_conformance test_hostile test_crash test_restart; do
+for t in test_gg110 test_conformance test_hostile test_crash test_restart test_full_disk; do
   echo
   echo "======== $t"
   start=$SECONDS
