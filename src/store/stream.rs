@@ -46,6 +46,9 @@ struct Tickets {
     pending_from: Option<u64>,
     /// Recent failed flushes: tickets `[from, to)` and why.
     failed: std::collections::VecDeque<(u64, u64, String)>,
+    /// The last flush failed (for logging the start and end of a run of
+    /// failures).
+    failing: bool,
 }
 
 /// Most yields a sync leader waits for more appends to join its sync.
@@ -179,8 +182,16 @@ impl Stream {
             });
         }
         let result = self.append_locked(&mut state, payload, now_millis);
-        if let Err(StoreError::Write(StorageError::Sync(e))) = &result {
-            state.writes_stopped = Some(e.to_string());
+        match &result {
+            Err(StoreError::Write(StorageError::Sync(e))) => {
+                state.writes_stopped = Some(e.to_string())
+            }
+            // Opening or sealing a segment failed (a full disk): logged once
+            // per run of failures, like a failed flush.
+            Err(StoreError::Write(e)) if !std::mem::replace(&mut state.tickets.failing, true) => {
+                tracing::warn!(stream = %self.name, error = %e, "appends fail: they are refused until writing works again");
+            }
+            _ => {}
         }
         let flush = state.definition.flush_on_write && self.durability.is_some();
         let seq = result?;
@@ -463,9 +474,19 @@ impl StreamState {
         let result = self.log.flush();
         let from = self.tickets.pending_from.take();
         match result {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                if std::mem::take(&mut self.tickets.failing) {
+                    tracing::info!(stream = %self.definition.name, "appends are written again");
+                }
+                Ok(())
+            }
             Err(e) => {
                 let reason = e.to_string();
+                // Once per run of failures, so a full disk is in the log
+                // without a line per rejected append.
+                if !std::mem::replace(&mut self.tickets.failing, true) {
+                    tracing::warn!(stream = %self.definition.name, error = %reason, "appends fail: they are refused until writing works again");
+                }
                 if let StorageError::Sync(_) = e {
                     self.writes_stopped = Some(reason.clone());
                 }
