@@ -32,7 +32,8 @@
 //!   [`store::memory::MemoryLog`] (`Memory` streams). Stream folders and
 //!   definitions are [`store::disk`]. All file I/O goes through the
 //!   [`store::fs::FileSystem`] seam, which tests fill with
-//!   [`store::simfs::SimulatedFs`] to cut the power at any point.
+//!   `store::simfs::SimulatedFs` (feature `test-util`) to cut the power at
+//!   any point.
 //!   Durability: appends are written to the OS before they are acknowledged;
 //!   `flushOnWrite` ones after a shared `fdatasync` (group commit).
 //! * [`auth`]: client tokens. [`config`]: the Java server's environment

@@ -1,6 +1,6 @@
 //! The file-system seam under the file log: the few operations it needs,
 //! positional and `&self`, so a file can be synced by one task while another
-//! appends. [`StdFs`] is the real one; [`crate::store::simfs::SimulatedFs`]
+//! appends. [`StdFs`] is the real one; `crate::store::simfs::SimulatedFs` (feature `test-util`)
 //! keeps what has been synced apart from what has only been written, so tests
 //! can cut the power at any point, and can fail writes and syncs on demand.
 

@@ -11,6 +11,7 @@ pub mod fs;
 pub mod log;
 pub mod memory;
 pub mod retention;
+#[cfg(any(test, feature = "test-util"))]
 pub mod simfs;
 pub mod stream;
 
