@@ -41,6 +41,13 @@ fn serve() -> std::process::ExitCode {
         }
     };
     init_logging(&config.log_level);
+    // Every segment of every File stream keeps its file open; a service
+    // manager's default soft limit (often 1024) would run out with a few
+    // large streams, so take what the hard limit allows.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::debug!(limit, "open files limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open files limit"),
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
