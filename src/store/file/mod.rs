@@ -229,7 +229,7 @@ impl SegmentLog for FileLog {
         let mut bytes = 0;
         for segment in self.segments.range(first..) {
             let start = from.max(segment.info.first_sequence_number);
-            if !segment.read(start, max_count, max_bytes, &mut out, &mut bytes)? {
+            if !segment.read(&*self.fs, start, max_count, max_bytes, &mut out, &mut bytes)? {
                 break;
             }
         }

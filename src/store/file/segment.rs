@@ -15,7 +15,10 @@ pub struct Segment {
     pub info: SegmentInfo,
     path: PathBuf,
     index_path: PathBuf,
-    file: Arc<dyn FileHandle>,
+    /// Open while the segment is written. A sealed segment opens its file
+    /// for each read instead, so a store of many segments does not hold a
+    /// descriptor per segment.
+    file: Option<Arc<dyn FileHandle>>,
     /// Appended to while the segment is active; `None` once sealed.
     index_file: Option<Arc<dyn FileHandle>>,
     index: Vec<IndexEntry>,
@@ -97,7 +100,7 @@ impl Segment {
             info,
             path,
             index_path,
-            file,
+            file: (!info.sealed).then_some(file),
             index_file,
             index_written: index.len(),
             index,
@@ -109,7 +112,11 @@ impl Segment {
     }
 
     pub fn sync_target(&self) -> Arc<dyn FileHandle> {
-        Arc::clone(&self.file)
+        Arc::clone(
+            self.file
+                .as_ref()
+                .expect("only the open, active segment is synced"),
+        )
     }
 
     /// Adds one record after the others. Nothing is written until
@@ -151,7 +158,11 @@ impl Segment {
             return Ok(());
         }
         let offset = SEGMENT_HEADER_LEN + self.written;
-        if let Err(e) = self.file.write_all_at(&self.pending, offset) {
+        let file = self
+            .file
+            .as_ref()
+            .expect("a segment with pending records is open");
+        if let Err(e) = file.write_all_at(&self.pending, offset) {
             let undo = self
                 .undo
                 .take()
@@ -161,7 +172,7 @@ impl Segment {
             self.index_written = self.index_written.min(undo.index_len);
             self.indexed_at = undo.indexed_at;
             self.pending.clear();
-            if let Err(cut) = self.file.set_len(offset) {
+            if let Err(cut) = file.set_len(offset) {
                 // The file may now end in a partial record; recovery would
                 // cut it, but this process cannot trust the file any more.
                 return Err(StorageError::Sync(std::io::Error::other(format!(
@@ -202,7 +213,9 @@ impl Segment {
             return Ok(());
         }
         self.flush()?;
-        self.file.sync_data().map_err(StorageError::Sync)?;
+        if let Some(file) = &self.file {
+            file.sync_data().map_err(StorageError::Sync)?;
+        }
         let summary = SealedSummary {
             next_seq: self.info.next_sequence_number,
             bytes: self.info.bytes,
@@ -214,6 +227,7 @@ impl Segment {
             &format::encode_sealed_index(&self.index, summary),
         )?;
         self.index_file = None;
+        self.file = None;
         self.info.sealed = true;
         // A sealed segment is never appended to again.
         self.pending = Vec::new();
@@ -236,6 +250,7 @@ impl Segment {
     /// empty). Returns false when the budget ran out.
     pub fn read(
         &self,
+        fs: &dyn FileSystem,
         from: i64,
         max_count: usize,
         max_bytes: usize,
@@ -266,7 +281,15 @@ impl Segment {
         };
         debug_assert!(self.pending.is_empty(), "reads follow a flush");
         let end = SEGMENT_HEADER_LEN + self.written;
-        let mut window = Window::new(&*self.file, end);
+        let opened;
+        let file: &dyn FileHandle = match &self.file {
+            Some(file) => &**file,
+            None => {
+                opened = fs.open(&self.path)?;
+                &*opened
+            }
+        };
+        let mut window = Window::new(file, end);
         while seq < self.info.next_sequence_number && offset < end {
             let Some(head) = window.slice(offset, RECORD_HEADER_LEN)? else {
                 return Err(corrupt(&self.path, format!("record {seq} is cut short")));
@@ -506,13 +529,14 @@ pub fn recover(
         next_sequence_number: seq,
         bytes,
         newest_ingest_time: if newest == i64::MIN { 0 } else { newest },
-        sealed: !is_last,
+        // A damaged older segment stays as it is: sealed, without a footer.
+        sealed: !is_last && !damaged.is_empty(),
     };
     let mut segment = Segment::with_written(info, path, file, index_file, index, damaged);
     if !is_last && segment.damaged.is_empty() {
         // Not the last segment but never sealed (a crash between sealing
-        // steps): seal it now so the next start reads its footer.
-        segment.info.sealed = false;
+        // steps): seal it now (sync, footer) so the next start reads its
+        // footer.
         segment.seal(fs)?;
     }
     if !segment.damaged.is_empty() {
