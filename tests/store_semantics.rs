@@ -307,17 +307,28 @@ fn a_read_larger_than_the_response_limit_is_cut_or_refused() {
     ));
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_long_poll_is_answered_by_appends_or_at_its_timeout() {
+/// A store with an empty stream "s" and a read of it already waiting.
+async fn waiting_reader(
+    read: ReadMessagesOptions,
+) -> (
+    Arc<Store>,
+    tokio::task::JoinHandle<Result<Vec<weir::protocol::model::Message>, StoreError>>,
+) {
     let (store, _) = store();
     store
         .create(MessageStreamDefinition::with_defaults("s".into()))
         .unwrap();
     let reader = tokio::spawn({
         let store = store.clone();
-        async move { store.read("s", options(0, 2, 10, 5_000)).await }
+        async move { store.read("s", read).await }
     });
     tokio::task::yield_now().await;
+    (store, reader)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_long_poll_is_answered_by_appends_or_at_its_timeout() {
+    let (store, reader) = waiting_reader(options(0, 2, 10, 5_000)).await;
     store.append("s", payload(0)).unwrap();
     tokio::time::sleep(Duration::from_millis(1_000)).await;
     assert!(!reader.is_finished(), "one message is not enough");
@@ -344,15 +355,7 @@ async fn a_long_poll_is_answered_by_appends_or_at_its_timeout() {
 
 #[tokio::test(start_paused = true)]
 async fn deleting_a_stream_ends_its_long_polls() {
-    let (store, _) = store();
-    store
-        .create(MessageStreamDefinition::with_defaults("s".into()))
-        .unwrap();
-    let reader = tokio::spawn({
-        let store = store.clone();
-        async move { store.read("s", options(0, 1, 1, 60_000)).await }
-    });
-    tokio::task::yield_now().await;
+    let (store, reader) = waiting_reader(options(0, 1, 1, 60_000)).await;
     store.delete("s").unwrap();
     assert!(matches!(
         reader.await.unwrap(),
