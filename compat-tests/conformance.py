@@ -38,7 +38,7 @@ DEFAULT_MAX_SIZE = 268435456
 DEFAULT_SEGMENT = 16777216
 
 
-from checks import CaseFailure, eq, need  # noqa: E402  (shared with the other client programs)
+from checks import CaseFailure, eq, every_export, need  # noqa: E402  (shared with the other client programs)
 
 
 def client():
@@ -161,32 +161,11 @@ def _(c):
     if HAS_UPDATE:
         status_stream = definition("cf-status", strategy=1, persistence=data.Persistence.Memory)
         create(c, status_stream)
-        exports = data.ExportDefinition(
-            http=[data.HTTPConfig(identifier="HttpExport", uri="http://127.0.0.1:9/unused", batch_size=10,
-                                  batch_interval_millis=60000, priority=5, start_sequence_number=3, disabled=True,
-                                  export_format=data.ExportFormat.JSON_BATCHED)],
-            iot_analytics=[data.IoTAnalyticsConfig(identifier="IotAExport", iot_channel="channel",
-                                                   iot_msg_id_prefix="prefix", batch_size=5, priority=2)],
-            kinesis=[data.KinesisConfig(identifier="KinesisA", kinesis_stream_name="streamA"),
-                     data.KinesisConfig(identifier="KinesisB", kinesis_stream_name="streamB", batch_size=100,
-                                        start_sequence_number=7, disabled=False)],
-            iot_sitewise=[data.IoTSiteWiseConfig(identifier="SiteWiseExport", batch_size=5, batch_interval_millis=120000)],
-            s3_task_executor=[data.S3ExportTaskExecutorConfig(
-                identifier="S3Export", size_threshold_for_multipart_upload_bytes=5242880, priority=1, disabled=False,
-                status_config=data.StatusConfig(status_level=data.StatusLevel.INFO, status_stream_name="cf-status"))],
-        )
+        exports = every_export(data, True, "cf-status")
         statuses = [export_status("HttpExport", 3), export_status("IotAExport"), export_status("KinesisA"),
                     export_status("KinesisB", 7), export_status("SiteWiseExport"), export_status("S3Export")]
     else:
-        # 1.0.0 model: http/iotAnalytics/kinesis only, no startSequenceNumber/disabled.
-        # (iot_msg_id_prefix is unusable in 1.5.0: its validation raises TypeError client-side.)
-        exports = data.ExportDefinition(
-            http=[data.HTTPConfig(identifier="HttpExport", uri="http://127.0.0.1:9/unused", batch_size=10,
-                                  batch_interval_millis=60000, priority=5)],
-            iot_analytics=[data.IoTAnalyticsConfig(identifier="IotAExport", iot_channel="channel", batch_size=5, priority=2)],
-            kinesis=[data.KinesisConfig(identifier="KinesisA", kinesis_stream_name="streamA"),
-                     data.KinesisConfig(identifier="KinesisB", kinesis_stream_name="streamB", batch_size=100)],
-        )
+        exports = every_export(data, False, None)
         statuses = [export_status("HttpExport"), export_status("IotAExport"), export_status("KinesisA"),
                     export_status("KinesisB")]
     d = definition("cf-exports", strategy=1, max_size=1048576, stream_segment_size=65536, time_to_live_millis=3600000,

@@ -70,7 +70,7 @@ def short(name):
 
 # ================================================================ client (Python 3.7 compatible)
 
-from checks import CaseFailure, eq, need  # noqa: E402  (shared with the other client programs)
+from checks import CaseFailure, eq, every_export, need  # noqa: E402  (shared with the other client programs)
 
 
 class Client(object):
@@ -110,31 +110,7 @@ class Client(object):
         return self.data.MessageStreamDefinition(name=name, strategy_on_full=self.data.StrategyOnFull(strategy), **kw)
 
     def exports(self):
-        d = self.data
-        if self.full:
-            return d.ExportDefinition(
-                http=[d.HTTPConfig(identifier="HttpExport", uri="http://127.0.0.1:9/unused", batch_size=10,
-                                   batch_interval_millis=60000, priority=5, start_sequence_number=3, disabled=True,
-                                   export_format=d.ExportFormat.JSON_BATCHED)],
-                iot_analytics=[d.IoTAnalyticsConfig(identifier="IotAExport", iot_channel="channel",
-                                                    iot_msg_id_prefix="prefix", batch_size=5, priority=2)],
-                kinesis=[d.KinesisConfig(identifier="KinesisA", kinesis_stream_name="streamA"),
-                         d.KinesisConfig(identifier="KinesisB", kinesis_stream_name="streamB", batch_size=100,
-                                         start_sequence_number=7, disabled=False)],
-                iot_sitewise=[d.IoTSiteWiseConfig(identifier="SiteWiseExport", batch_size=5,
-                                                  batch_interval_millis=120000)],
-                s3_task_executor=[d.S3ExportTaskExecutorConfig(
-                    identifier="S3Export", size_threshold_for_multipart_upload_bytes=5242880, priority=1,
-                    disabled=False, status_config=d.StatusConfig(status_level=d.StatusLevel.INFO,
-                                                                 status_stream_name="rs-defaults"))])
-        # 1.0.0 model: http, iotAnalytics and kinesis, without startSequenceNumber/disabled.
-        return d.ExportDefinition(
-            http=[d.HTTPConfig(identifier="HttpExport", uri="http://127.0.0.1:9/unused", batch_size=10,
-                               batch_interval_millis=60000, priority=5)],
-            iot_analytics=[d.IoTAnalyticsConfig(identifier="IotAExport", iot_channel="channel", batch_size=5,
-                                                priority=2)],
-            kinesis=[d.KinesisConfig(identifier="KinesisA", kinesis_stream_name="streamA"),
-                     d.KinesisConfig(identifier="KinesisB", kinesis_stream_name="streamB", batch_size=100)])
+        return every_export(self.data, self.full, "rs-defaults")
 
     def initial_definitions(self):
         """name -> definition the stream is created with in `populate`."""
