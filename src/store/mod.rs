@@ -175,9 +175,10 @@ impl Store {
         Ok(())
     }
 
-    /// Appends; the message is in the OS (survives a crash of weir) when
-    /// this returns. For a `flushOnWrite` stream, await
-    /// [`Store::durable`] before acknowledging.
+    /// Appends; the message may wait in memory with others of its stream.
+    /// Before acknowledging it, [`Store::confirm`] writes it to the OS (from
+    /// then on it survives a crash of weir) and, for a `flushOnWrite`
+    /// stream, [`Store::durable`] makes it survive a power cut.
     pub fn append(&self, name: &str, payload: Bytes) -> Result<Appended, StoreError> {
         self.get(name)?.append(payload, self.now_millis())
     }
