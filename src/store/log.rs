@@ -50,6 +50,15 @@ pub enum StorageError {
     Sync(std::io::Error),
 }
 
+impl StorageError {
+    /// Whether this failure means the stream's files can no longer be
+    /// trusted to hold what was written (a failed fsync of its data or of
+    /// its folder), so the stream must stop taking writes.
+    pub fn stops_writes(&self) -> bool {
+        matches!(self, StorageError::Sync(_))
+    }
+}
+
 pub trait SegmentLog: Send {
     /// The sequence number the next append gets.
     fn next_sequence_number(&self) -> i64;
