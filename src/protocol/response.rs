@@ -144,6 +144,14 @@ fn status_only(request_id: &str, failure: Option<&Failure>, version: ProtocolVer
     head(request_id, failure, 0, version)
 }
 
+/// An upper bound of one message's encoding in a read answer: the map head,
+/// its four keys, the stream name and payload with their heads (at most 9
+/// bytes each), and two integers of at most 9 bytes each.
+pub fn message_encoded_bound(name_len: usize, payload_len: usize) -> usize {
+    const KEYS: usize = 1 + 11 + 15 + 11 + 8;
+    KEYS + 9 + name_len + 9 + 9 + 9 + payload_len
+}
+
 /// ReadMessagesResponse puts `messages` before `status` in the model.
 fn encode_read(
     request_id: &str,
@@ -156,7 +164,7 @@ fn encode_read(
         Ok(messages) => {
             let payload_bytes: usize = messages
                 .iter()
-                .map(|m| m.payload.len() + stream_name.len() + 64)
+                .map(|m| message_encoded_bound(stream_name.len(), m.payload.len()))
                 .sum();
             let mut w = Writer::for_frame(64 + request_id.len() + payload_bytes);
             w.map(3).kv_text("requestId", request_id);
@@ -215,5 +223,39 @@ mod tests {
         // ... "status" 01 vs 11 ...
         assert!(hex(&old).contains("66737461747573016c"));
         assert!(hex(&new).contains("66737461747573116c"));
+    }
+
+    #[test]
+    fn read_answers_stay_within_the_message_bound() {
+        for (name_len, payload_len, seq, time) in [
+            (1, 0, 0, 0),
+            (255, 0, i64::MAX, i64::MIN),
+            (24, 100, 1 << 40, 1_700_000_000_000),
+            (300, 70_000, -1, i64::MAX),
+        ] {
+            let name = "n".repeat(name_len);
+            let message = Message {
+                sequence_number: seq,
+                ingest_time: time,
+                payload: bytes::Bytes::from(vec![7u8; payload_len]),
+            };
+            let answer = |count: usize| {
+                Reply {
+                    request_id: "r".into(),
+                    body: ReplyBody::ReadMessages {
+                        stream_name: name.clone(),
+                        result: Ok(vec![message.clone(); count]),
+                    },
+                }
+                .frame(ProtocolVersion::V1_1_0)
+                .len()
+            };
+            // What each further message adds to the answer.
+            let each = answer(2) - answer(1);
+            assert!(
+                each <= message_encoded_bound(name_len, payload_len),
+                "{each} bytes for name {name_len}, payload {payload_len}"
+            );
+        }
     }
 }

@@ -17,11 +17,26 @@ use std::sync::Arc;
 /// (length, CRC32C, sequence number, ingest time).
 pub const RECORD_OVERHEAD: u64 = 4 + 4 + 8 + 8;
 
-/// What a message costs against a read's byte budget: its payload and the
-/// keys around it in the answer (stream name, sequence number, ingest time),
-/// so many tiny messages cannot make an answer larger than the budget says.
-pub fn read_cost(payload_len: usize) -> usize {
-    payload_len + 64
+/// How much one read may return.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReadLimits {
+    pub max_count: usize,
+    /// Budget in bytes of the answer's messages, as [`ReadLimits::cost`]
+    /// counts them; at least one message is returned whatever its size.
+    pub max_bytes: usize,
+    /// Length of the stream's name, which the answer repeats in every
+    /// message.
+    pub name_len: usize,
+}
+
+impl ReadLimits {
+    /// What a message costs against the byte budget: an upper bound of its
+    /// encoding in the answer (payload, stream name, the keys and integers
+    /// around them), so many tiny messages cannot make an answer larger
+    /// than the budget says.
+    pub fn cost(&self, payload_len: usize) -> usize {
+        crate::protocol::response::message_encoded_bound(self.name_len, payload_len)
+    }
 }
 
 /// What retention needs to know of a segment.
@@ -76,15 +91,11 @@ pub trait SegmentLog: Send {
     fn seal_active(&mut self) -> Result<(), StorageError>;
     /// Removes the oldest segment, which must be sealed.
     fn remove_oldest_segment(&mut self) -> Result<(), StorageError>;
-    /// Up to `max_count` consecutive messages from `from` (which the caller
-    /// has clamped to the retained range), stopping before `max_bytes` of
-    /// [`read_cost`] would be exceeded (at least one message is returned if any).
-    fn read(
-        &self,
-        from: i64,
-        max_count: usize,
-        max_bytes: usize,
-    ) -> Result<Vec<Message>, StorageError>;
+    /// Up to `limits.max_count` consecutive messages from `from` (which the
+    /// caller has clamped to the retained range), stopping before
+    /// `limits.max_bytes` of [`ReadLimits::cost`] would be exceeded (at
+    /// least one message is returned if any).
+    fn read(&self, from: i64, limits: ReadLimits) -> Result<Vec<Message>, StorageError>;
     /// Writes appended records to the operating system. On failure the
     /// records appended since the last flush are forgotten (the next
     /// sequence number goes back), and the error says why.

@@ -1,7 +1,7 @@
 //! [`MemoryLog`]: segments kept in memory (`Persistence.Memory`, and, until
 //! the file log lands, `File` too).
 
-use super::log::{read_cost, SegmentInfo, SegmentLog, StorageError, RECORD_OVERHEAD};
+use super::log::{ReadLimits, SegmentInfo, SegmentLog, StorageError, RECORD_OVERHEAD};
 use crate::protocol::model::Message;
 use bytes::Bytes;
 use std::collections::VecDeque;
@@ -96,12 +96,7 @@ impl SegmentLog for MemoryLog {
         Ok(())
     }
 
-    fn read(
-        &self,
-        from: i64,
-        max_count: usize,
-        max_bytes: usize,
-    ) -> Result<Vec<Message>, StorageError> {
+    fn read(&self, from: i64, limits: ReadLimits) -> Result<Vec<Message>, StorageError> {
         let first = self
             .segments
             .partition_point(|s| s.info.next_sequence_number <= from);
@@ -110,12 +105,12 @@ impl SegmentLog for MemoryLog {
         for segment in self.segments.range(first..) {
             let start = usize::try_from(from - segment.info.first_sequence_number).unwrap_or(0);
             for message in segment.messages.iter().skip(start) {
-                if out.len() == max_count
-                    || (!out.is_empty() && bytes + read_cost(message.payload.len()) > max_bytes)
+                let cost = limits.cost(message.payload.len());
+                if out.len() == limits.max_count || (!out.is_empty() && bytes + cost > limits.max_bytes)
                 {
                     return Ok(out);
                 }
-                bytes += read_cost(message.payload.len());
+                bytes += cost;
                 out.push(message.clone());
             }
         }

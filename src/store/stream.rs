@@ -3,7 +3,7 @@
 //! under its one lock, so appends and retention are serialised (one writer).
 
 use super::fs::FileHandle;
-use super::log::{SegmentLog, StorageError, RECORD_OVERHEAD};
+use super::log::{ReadLimits, SegmentLog, StorageError, RECORD_OVERHEAD};
 use super::retention::{self, Room};
 use super::StoreError;
 use crate::protocol::model::{
@@ -391,7 +391,14 @@ impl Stream {
             usize::try_from(options.max_message_count.min(available)).unwrap_or(usize::MAX);
         let messages = state
             .log
-            .read(start, max_count, max_response_bytes)
+            .read(
+                start,
+                ReadLimits {
+                    max_count,
+                    max_bytes: max_response_bytes,
+                    name_len: self.name.len(),
+                },
+            )
             .map_err(StoreError::Read)?;
         if (messages.len() as i64) < options.min_message_count {
             return Err(StoreError::ResponseTooLarge {

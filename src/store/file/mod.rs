@@ -15,7 +15,7 @@ pub mod format;
 pub mod segment;
 
 use super::fs::{FileHandle, FileSystem};
-use super::log::{SegmentInfo, SegmentLog, StorageError};
+use super::log::{ReadLimits, SegmentInfo, SegmentLog, StorageError};
 use crate::protocol::model::Message;
 use bytes::Bytes;
 use segment::Segment;
@@ -205,13 +205,8 @@ impl SegmentLog for FileLog {
         oldest.remove(&*self.fs)
     }
 
-    fn read(
-        &self,
-        from: i64,
-        max_count: usize,
-        max_bytes: usize,
-    ) -> Result<Vec<Message>, StorageError> {
-        let wanted_end = from.saturating_add(max_count as i64);
+    fn read(&self, from: i64, limits: ReadLimits) -> Result<Vec<Message>, StorageError> {
+        let wanted_end = from.saturating_add(limits.max_count as i64);
         if let Some((start, end)) = self
             .missing
             .iter()
@@ -229,7 +224,7 @@ impl SegmentLog for FileLog {
         let mut bytes = 0;
         for segment in self.segments.range(first..) {
             let start = from.max(segment.info.first_sequence_number);
-            if !segment.read(&*self.fs, start, max_count, max_bytes, &mut out, &mut bytes)? {
+            if !segment.read(&*self.fs, start, limits, &mut out, &mut bytes)? {
                 break;
             }
         }

@@ -6,7 +6,7 @@ use super::format::{
 };
 use crate::protocol::model::Message;
 use crate::store::fs::{self, FileHandle, FileSystem};
-use crate::store::log::{read_cost, SegmentInfo, StorageError};
+use crate::store::log::{ReadLimits, SegmentInfo, StorageError};
 use bytes::Bytes;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -245,18 +245,17 @@ impl Segment {
         Ok(())
     }
 
-    /// Reads from `from` (inside this segment) into `out` until `max_count`
-    /// messages or `max_bytes` of payload (at least one message if `out` is
-    /// empty). Returns false when the budget ran out.
+    /// Reads from `from` (inside this segment) into `out` until `limits`
+    /// are reached (at least one message if `out` is empty). Returns false when the budget ran out.
     pub fn read(
         &self,
         fs: &dyn FileSystem,
         from: i64,
-        max_count: usize,
-        max_bytes: usize,
+        limits: ReadLimits,
         out: &mut Vec<Message>,
         bytes: &mut usize,
     ) -> Result<bool, StorageError> {
+        let max_count = limits.max_count;
         let wanted_end = from.saturating_add((max_count - out.len()) as i64);
         if let Some(&(bad, good)) = self
             .damaged
@@ -304,9 +303,8 @@ impl Segment {
             }
             if seq >= from {
                 let len = header.len as usize;
-                if out.len() == max_count
-                    || (!out.is_empty() && *bytes + read_cost(len) > max_bytes)
-                {
+                let cost = limits.cost(len);
+                if out.len() == max_count || (!out.is_empty() && *bytes + cost > limits.max_bytes) {
                     return Ok(false);
                 }
                 let payload = window.slice(offset + RECORD_HEADER_LEN as u64, len)?;
@@ -316,7 +314,7 @@ impl Segment {
                         format!("record {seq} fails its checksum"),
                     ));
                 };
-                *bytes += read_cost(len);
+                *bytes += cost;
                 out.push(Message {
                     sequence_number: seq,
                     ingest_time: header.ingest_time,
