@@ -13,7 +13,7 @@
 //! file's last sync (a torn write).
 //!
 //! Faults: a byte budget after which writes fail with "no space left",
-//! failing syncs, opens and reads of one path that fail with a given OS
+//! failing syncs, opens, renames, removals and reads of one path that fail with a given OS
 //! error, and a power cut after the N-th modifying operation
 //! ([`SimulatedFs::cut_power_after`]), after which every operation fails
 //! and [`SimulatedFs::power_cut_image`] holds what the disk kept.
@@ -55,8 +55,8 @@ struct Faults {
     /// Bytes that may still be added to files; `u64::MAX` is unlimited.
     space_left: AtomicU64,
     fail_sync: AtomicBool,
-    /// OS errors that opening these paths fails with.
-    fail_open: Mutex<HashMap<PathBuf, i32>>,
+    /// OS errors that opening, renaming or removing these paths fails with.
+    fail_path: Mutex<HashMap<PathBuf, i32>>,
     /// Modifying operations so far.
     operations: AtomicU64,
     /// The power is cut once `operations` would pass this.
@@ -137,6 +137,13 @@ impl Inner {
         Ok(())
     }
 
+    fn path_fault(&self, path: &Path) -> io::Result<()> {
+        match lock(&self.faults.fail_path).get(path) {
+            Some(errno) => Err(io::Error::from_raw_os_error(*errno)),
+            None => Ok(()),
+        }
+    }
+
     /// Fails once the power is cut (reads and queries are not counted).
     fn powered(&self) -> io::Result<()> {
         match lock(&self.faults.cut_image).is_some() {
@@ -211,10 +218,10 @@ impl SimulatedFs {
         self.inner.faults.fail_sync.store(fail, Ordering::SeqCst);
     }
 
-    /// Opening `path` fails with OS error `errno` (e.g. 13, EACCES; 5, EIO);
-    /// `None` lifts the fault.
-    pub fn set_fail_open(&self, path: &Path, errno: Option<i32>) {
-        let mut fail = lock(&self.inner.faults.fail_open);
+    /// Opening, renaming (from or to) or removing `path` fails with OS
+    /// error `errno` (e.g. 13, EACCES; 5, EIO); `None` lifts the fault.
+    pub fn set_fail_path(&self, path: &Path, errno: Option<i32>) {
+        let mut fail = lock(&self.inner.faults.fail_path);
         match errno {
             Some(errno) => fail.insert(path.to_owned(), errno),
             None => fail.remove(path),
@@ -386,9 +393,7 @@ impl FileSystem for SimulatedFs {
 
     fn open(&self, path: &Path) -> io::Result<Arc<dyn FileHandle>> {
         self.inner.powered()?;
-        if let Some(errno) = lock(&self.inner.faults.fail_open).get(path) {
-            return Err(io::Error::from_raw_os_error(*errno));
-        }
+        self.inner.path_fault(path)?;
         Ok(self.inner.file(path)? as Arc<dyn FileHandle>)
     }
 
@@ -412,6 +417,7 @@ impl FileSystem for SimulatedFs {
 
     fn remove_file(&self, path: &Path) -> io::Result<()> {
         self.inner.operate()?;
+        self.inner.path_fault(path)?;
         let (parent, name) = self.inner.parent(path)?;
         let mut folder = lock(&parent);
         match folder.live.get(&name) {
@@ -426,6 +432,7 @@ impl FileSystem for SimulatedFs {
 
     fn remove_dir_all(&self, path: &Path) -> io::Result<()> {
         self.inner.operate()?;
+        self.inner.path_fault(path)?;
         let (parent, name) = self.inner.parent(path)?;
         let mut folder = lock(&parent);
         match folder.live.get(&name) {
@@ -442,6 +449,8 @@ impl FileSystem for SimulatedFs {
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         self.inner.operate()?;
+        self.inner.path_fault(from)?;
+        self.inner.path_fault(to)?;
         let (from_dir, from_name) = self.inner.parent(from)?;
         let (to_dir, to_name) = self.inner.parent(to)?;
         let node = lock(&from_dir)
@@ -601,10 +610,11 @@ mod tests {
     fn opens_and_reads_of_one_path_fail_on_demand() {
         let fs = SimulatedFs::new();
         fs.put(p("/d/f"), b"abc");
-        fs.set_fail_open(p("/d/f"), Some(13));
+        fs.set_fail_path(p("/d/f"), Some(13));
         let e = fs.open(p("/d/f")).err().unwrap();
         assert_eq!(e.kind(), io::ErrorKind::PermissionDenied);
-        fs.set_fail_open(p("/d/f"), None);
+        assert!(fs.rename(p("/d/f"), p("/d/g")).is_err());
+        fs.set_fail_path(p("/d/f"), None);
         let f = fs.open(p("/d/f")).unwrap();
         fs.set_fail_reads(p("/d/f"), Some(5));
         assert_eq!(

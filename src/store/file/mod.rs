@@ -1,23 +1,33 @@
-//! The file log: a stream's messages in segment files (see [`mod@format`]).
+//! The file log: a stream's messages in segment files (see [`mod@format`]),
+//! recovered at start-up as [`recovery`] says.
 //!
 //! Invariants:
 //! * a segment file exists only once its header is synced and its folder
 //!   entry durable, so every segment file found at start-up had a valid
 //!   header (anything else is reported and skipped);
+//! * no file is ever created over an existing segment file: one recovery
+//!   skipped stays as it was;
 //! * only the newest segment is ever written; older ones are sealed (synced,
-//!   with an index footer) and only removed, oldest first, by retention;
-//! * the next sequence number survives even when retention removes every
-//!   message: removing the last segment first creates an empty one that
-//!   starts at the next sequence number;
+//!   with an index footer) and only removed, oldest first, by retention
+//!   (the removal made durable before it is forgotten);
+//! * no sequence number is given out twice: every number given out is below
+//!   the durable sequence floor ([`format::FLOOR_FILE`]), and after a
+//!   skipped newest segment numbering continues at the floor; when
+//!   retention removes every message, an empty segment that starts at the
+//!   next sequence number is created first;
 //! * an append either writes a whole record or cuts the file back.
 
 pub mod format;
+pub mod recovery;
 pub mod segment;
 
-use super::fs::{FileHandle, FileSystem};
-use super::log::{ReadLimits, SegmentInfo, SegmentLog, StorageError};
+use super::fs::{self, FileHandle, FileSystem};
+use super::log::{
+    IoContext, ReadLimits, SegmentInfo, SegmentLog, StorageError, StorageOp, RECORD_OVERHEAD,
+};
 use crate::protocol::model::Message;
 use bytes::Bytes;
+use recovery::{Damage, Finding, RecoveryMode};
 use segment::Segment;
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -30,6 +40,8 @@ pub struct FileLog {
     /// Sequence ranges whose segment file was unreadable at start-up.
     missing: Vec<(i64, i64)>,
     next_seq: i64,
+    /// Every sequence number given out is below this; it is on disk.
+    floor: i64,
     total_bytes: u64,
 }
 
@@ -38,62 +50,113 @@ pub struct FileLog {
 pub struct OpenReport {
     pub segments: usize,
     pub truncated_bytes: u64,
-    /// Files that are not weir's or could not be read, with the reason.
-    pub skipped: Vec<(String, String)>,
+    /// What was damaged or left over, and what recovery did about it.
+    pub findings: Vec<Finding>,
+}
+
+/// A segment file recovery could not use.
+struct Skipped {
+    first: i64,
+    /// How many records it can hold at most, when its size is known.
+    max_records: Option<i64>,
 }
 
 impl FileLog {
-    /// A log for a new, empty stream folder.
-    pub fn create(fs: Arc<dyn FileSystem>, dir: PathBuf) -> Self {
+    /// A log for a new, empty stream folder; its sequence floor is written
+    /// before this returns.
+    pub fn create(fs: Arc<dyn FileSystem>, dir: PathBuf) -> Result<Self, StorageError> {
+        let mut log = FileLog::empty(fs, dir);
+        log.raise_floor(0)?;
+        Ok(log)
+    }
+
+    fn empty(fs: Arc<dyn FileSystem>, dir: PathBuf) -> Self {
         FileLog {
             fs,
             dir,
             segments: VecDeque::new(),
             missing: Vec::new(),
             next_seq: 0,
+            floor: 0,
             total_bytes: 0,
         }
     }
 
-    /// Opens an existing stream folder, recovering its segments. Only the
-    /// index footers of sealed segments and the tail of the newest are read.
-    pub fn open(fs: Arc<dyn FileSystem>, dir: PathBuf) -> Result<(Self, OpenReport), StorageError> {
+    /// Opens an existing stream folder, recovering its segments as `mode`
+    /// says (see [`recovery`]). Only the index footers of sealed segments
+    /// and the tail of the newest are read. Before this returns, the newest
+    /// segment and the folder are synced: what a crashed process wrote but
+    /// had not synced is durable from now on.
+    pub fn open(
+        fs: Arc<dyn FileSystem>,
+        dir: PathBuf,
+        mode: RecoveryMode,
+    ) -> Result<(Self, OpenReport), StorageError> {
+        let op = StorageOp::LoadStream;
         let mut report = OpenReport::default();
         let mut firsts = Vec::new();
-        let names = fs.list(&dir)?;
+        let names = fs.list(&dir).during(op)?;
+        let mut log = FileLog::empty(fs, dir);
         for name in &names {
+            let path = log.dir.join(name);
             match format::parse_name(name) {
                 Some((first, "seg")) => firsts.push(first),
                 Some((first, "idx")) if !names.contains(&format::segment_name(first)) => {
                     // An index whose segment retention already removed.
-                    fs.remove_file(&dir.join(name))?;
+                    segment::found(mode, &mut report.findings, &path, Damage::OrphanIndex)?;
+                    log.fs.remove_file(&path).during(op)?;
                 }
                 Some((_, "idx")) => {}
-                _ if name.ends_with(".tmp") => fs.remove_file(&dir.join(name))?,
+                _ if name.ends_with(".tmp") => {
+                    segment::found(mode, &mut report.findings, &path, Damage::TempFile)?;
+                    log.fs.remove_file(&path).during(op)?;
+                }
+                _ if name == format::FLOOR_FILE => {
+                    match fs::read_file(&*log.fs, &path)
+                        .map_err(|e| e.to_string())
+                        .and_then(|b| format::decode_floor(&b))
+                    {
+                        Ok(floor) => log.floor = floor,
+                        Err(reason) => {
+                            let damage = Damage::UnreadableFloor { reason };
+                            segment::found(mode, &mut report.findings, &path, damage)?;
+                        }
+                    }
+                }
                 _ if name.starts_with("stream.") => {}
-                _ => report
-                    .skipped
-                    .push((name.clone(), "not a file of weir's".into())),
+                _ => {
+                    segment::found(mode, &mut report.findings, &path, Damage::ForeignFile)?;
+                }
             }
         }
         firsts.sort_unstable();
-        let mut log = FileLog::create(fs, dir);
         let count = firsts.len();
+        let mut skipped = Vec::new();
         for (i, first) in firsts.into_iter().enumerate() {
             let is_last = i + 1 == count;
-            match segment::recover(&*log.fs, &log.dir, first, is_last) {
+            let path = log.dir.join(format::segment_name(first));
+            let recovered = segment::recover(
+                &*log.fs,
+                &log.dir,
+                first,
+                is_last,
+                mode,
+                &mut report.findings,
+            );
+            match recovered {
                 Ok(recovered) => {
                     report.truncated_bytes += recovered.truncated;
                     let info = recovered.segment.info;
                     if let Some(prev) = log.segments.back() {
                         if info.first_sequence_number < prev.info.next_sequence_number {
-                            report.skipped.push((
-                                format::segment_name(first),
-                                format!(
-                                    "overlaps the segment before it (which ends at {})",
-                                    prev.info.next_sequence_number - 1
-                                ),
-                            ));
+                            let damage = Damage::OverlappingSegment {
+                                previous_end: prev.info.next_sequence_number - 1,
+                            };
+                            segment::found(mode, &mut report.findings, &path, damage)?;
+                            skipped.push(Skipped {
+                                first,
+                                max_records: Some(info.next_sequence_number - first),
+                            });
                             continue;
                         }
                     }
@@ -104,19 +167,79 @@ impl FileLog {
                     log.total_bytes += info.bytes;
                     log.segments.push_back(recovered.segment);
                 }
-                Err(e) => report
-                    .skipped
-                    .push((format::segment_name(first), e.to_string())),
+                Err(e) if e.stops_writes() => return Err(e),
+                // Under a strict mode, `found` refuses the whole stream.
+                Err(e) => {
+                    segment::found(mode, &mut report.findings, &path, damage_of(&e))?;
+                    skipped.push(Skipped {
+                        first,
+                        max_records: max_records(&*log.fs, &path),
+                    });
+                }
             }
         }
-        // Appends never go to a segment recovered as damaged or skipped past.
-        if let Some(last) = log.segments.back() {
-            if last.info.sealed {
-                tracing::debug!(dir = %log.dir.display(), "newest segment is sealed; the next append opens a new one");
-            }
+        log.continue_after(&skipped);
+        // What a crashed process wrote is synced before anything new is
+        // promised; the folder's entries (segments, removals) likewise.
+        if let Some(newest) = log.segments.back().filter(|s| !s.info.sealed) {
+            newest
+                .sync_target()
+                .sync_data()
+                .syncing(StorageOp::RecoverSegment)?;
         }
+        log.fs.sync_dir(&log.dir).syncing(op)?;
         report.segments = log.segments.len();
         Ok((log, report))
+    }
+
+    /// After segment files that could not be read: if any lies past the
+    /// last segment recovered, its numbers may have been given out, so
+    /// numbering continues at the floor (or, without a floor that covers
+    /// it, past all it could hold), and reads of the range fail.
+    fn continue_after(&mut self, skipped: &[Skipped]) {
+        let last_first = self.segments.back().map(|s| s.info.first_sequence_number);
+        let mut next = self.next_seq;
+        for s in skipped {
+            if last_first.is_some_and(|last| s.first < last) {
+                continue;
+            }
+            let mut past = s.first + 1;
+            if self.floor > s.first {
+                past = past.max(self.floor);
+            } else {
+                // No floor covers it (a store from before the floor, or a
+                // floor that could not be read): assume a whole lease.
+                past = past.max(s.first.saturating_add(format::FLOOR_LEASE));
+            }
+            if let Some(records) = s.max_records {
+                past = past.max(s.first.saturating_add(records).saturating_add(1));
+            }
+            next = next.max(past);
+        }
+        if next > self.next_seq {
+            tracing::warn!(dir = %self.dir.display(), from = self.next_seq, to = next, "sequence numbers continue past a segment that could not be read");
+            if !self.segments.is_empty() {
+                self.missing.push((self.next_seq, next));
+            }
+            self.next_seq = next;
+        }
+    }
+
+    /// Makes sure `seq` may be given out: below the durable floor.
+    fn raise_floor(&mut self, seq: i64) -> Result<(), StorageError> {
+        if seq < self.floor {
+            return Ok(());
+        }
+        let floor = seq.saturating_add(format::FLOOR_LEASE);
+        let path = self.dir.join(format::FLOOR_FILE);
+        fs::write_atomically(
+            &*self.fs,
+            &path,
+            &format::encode_floor(floor),
+            StorageOp::WriteFloor,
+        )?;
+        self.floor = floor;
+        Ok(())
     }
 
     pub fn dir(&self) -> &Path {
@@ -128,6 +251,24 @@ impl FileLog {
             .back()
             .map_or(0, |s| s.info.newest_ingest_time)
     }
+}
+
+/// How recovery names a segment it could not use.
+fn damage_of(e: &StorageError) -> Damage {
+    Damage::UnreadableSegment {
+        reason: e.to_string(),
+    }
+}
+
+/// The most records a segment file can hold, from its size, if that can be
+/// learned (its header counts for nothing).
+fn max_records(fs: &dyn FileSystem, path: &Path) -> Option<i64> {
+    let size = match fs.open(path).and_then(|f| f.size()) {
+        Ok(size) => size,
+        // Unknown: the floor (or a whole lease) bounds it instead.
+        Err(_) => return None,
+    };
+    i64::try_from(size / RECORD_OVERHEAD).ok()
 }
 
 impl SegmentLog for FileLog {
@@ -148,6 +289,7 @@ impl SegmentLog for FileLog {
     }
 
     fn append(&mut self, ingest_time: i64, payload: Bytes) -> Result<i64, StorageError> {
+        self.raise_floor(self.next_seq)?;
         if self.active_segment().is_none() {
             let segment = Segment::create(&*self.fs, &self.dir, self.next_seq, ingest_time)?;
             self.segments.push_back(segment);
@@ -202,7 +344,12 @@ impl SegmentLog for FileLog {
         self.total_bytes -= oldest.info.bytes;
         let first = oldest.info.first_sequence_number;
         self.missing.retain(|(_, end)| *end > first);
-        oldest.remove(&*self.fs)
+        oldest.remove(&*self.fs)?;
+        // Durable before the space is reused: a power cut brings no removed
+        // segment back beside newer ones.
+        self.fs
+            .sync_dir(&self.dir)
+            .syncing(StorageOp::RemoveSegment)
     }
 
     fn read(&self, from: i64, limits: ReadLimits) -> Result<Vec<Message>, StorageError> {
