@@ -323,6 +323,44 @@ mod tests {
     }
 
     #[test]
+    fn failed_fsyncs_of_folder_steps_stop_writes_and_say_which_step() {
+        use crate::store::simfs::SimulatedFs;
+        #[track_caller]
+        fn assert_failed_sync<T>(result: Result<T, StorageError>, expected: StorageOp) {
+            match result {
+                Err(e @ StorageError::Sync { .. }) => {
+                    assert!(e.stops_writes());
+                    let StorageError::Sync { op, source } = e else {
+                        unreachable!()
+                    };
+                    assert_eq!((op, source.raw_os_error()), (expected, Some(5)));
+                }
+                Err(e) => panic!("not a failed sync: {e:?}"),
+                Ok(_) => panic!("did not fail"),
+            }
+        }
+        let sim = SimulatedFs::new();
+        let fs: Arc<dyn FileSystem> = Arc::new(sim.clone());
+        let root = Path::new("/store");
+        sim.set_fail_sync(true);
+        assert_failed_sync(
+            StreamFolders::new(Arc::clone(&fs), root),
+            StorageOp::OpenStore,
+        );
+        sim.set_fail_sync(false);
+        let folders = StreamFolders::new(fs, root).unwrap();
+        let def = MessageStreamDefinition::with_defaults("s".into());
+        sim.set_fail_sync(true);
+        assert_failed_sync(folders.create(&def), StorageOp::WriteDefinition);
+        sim.set_fail_sync(false);
+        folders.create(&def).unwrap();
+        sim.set_fail_sync(true);
+        assert_failed_sync(folders.save_definition(&def), StorageOp::WriteDefinition);
+        folders.mark_deleted("s").unwrap();
+        assert_failed_sync(folders.finish_delete("s"), StorageOp::DeleteStream);
+    }
+
+    #[test]
     fn definitions_roundtrip_and_damage_is_refused() {
         let def = MessageStreamDefinition::with_defaults("s".into());
         let mut bytes = encode_definition(&def);

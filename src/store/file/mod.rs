@@ -385,3 +385,160 @@ impl SegmentLog for FileLog {
             .map(Segment::sync_target)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::recovery::{Damage, RecoveryMode, Remedy};
+    use super::*;
+    use crate::store::simfs::SimulatedFs;
+
+    fn dir() -> PathBuf {
+        PathBuf::from("/s")
+    }
+
+    fn new_log(fs: &SimulatedFs) -> FileLog {
+        fs.create_dir_all(&dir()).unwrap();
+        FileLog::create(Arc::new(fs.clone()), dir()).unwrap()
+    }
+
+    fn reopen(fs: &SimulatedFs, mode: RecoveryMode) -> Result<(FileLog, OpenReport), StorageError> {
+        FileLog::open(Arc::new(fs.clone()), dir(), mode)
+    }
+
+    fn append(log: &mut FileLog, n: usize) {
+        for _ in 0..n {
+            log.append(1, Bytes::from_static(b"message")).unwrap();
+        }
+        log.flush().unwrap();
+    }
+
+    /// `result` failed in an fsync of `op`, which stops the stream's writes,
+    /// keeping the OS error.
+    #[track_caller]
+    fn assert_failed_sync<T>(result: Result<T, StorageError>, expected: StorageOp) {
+        match result {
+            Err(e @ StorageError::Sync { .. }) => {
+                assert!(e.stops_writes(), "{e}");
+                let StorageError::Sync { op, source } = e else {
+                    unreachable!()
+                };
+                assert_eq!(op, expected);
+                assert_eq!(source.raw_os_error(), Some(5), "the EIO is kept");
+            }
+            Err(e) => panic!("not a failed sync: {e:?}"),
+            Ok(_) => panic!("did not fail"),
+        }
+    }
+
+    #[test]
+    fn failed_fsyncs_of_every_log_step_stop_writes_and_say_which_step() {
+        // The stream's first floor.
+        let fs = SimulatedFs::new();
+        fs.create_dir_all(&dir()).unwrap();
+        fs.set_fail_sync(true);
+        assert_failed_sync(
+            FileLog::create(Arc::new(fs.clone()), dir()),
+            StorageOp::WriteFloor,
+        );
+        // A new segment.
+        let fs = SimulatedFs::new();
+        let mut log = new_log(&fs);
+        fs.set_fail_sync(true);
+        assert_failed_sync(
+            log.append(1, Bytes::from_static(b"m")),
+            StorageOp::CreateSegment,
+        );
+        // A floor raised when appends reach it.
+        fs.set_fail_sync(false);
+        append(&mut log, 1);
+        log.floor = log.next_seq;
+        fs.set_fail_sync(true);
+        assert_failed_sync(
+            log.append(1, Bytes::from_static(b"m")),
+            StorageOp::WriteFloor,
+        );
+        // Sealing.
+        assert_failed_sync(log.seal_active(), StorageOp::SealSegment);
+        // Retention: the empty segment kept for the next number, and the
+        // folder sync after a removal.
+        fs.set_fail_sync(false);
+        log.seal_active().unwrap();
+        fs.set_fail_sync(true);
+        assert_failed_sync(log.remove_oldest_segment(), StorageOp::CreateSegment);
+        fs.set_fail_sync(false);
+        append(&mut log, 1);
+        log.seal_active().unwrap();
+        append(&mut log, 1);
+        fs.set_fail_sync(true);
+        assert_failed_sync(log.remove_oldest_segment(), StorageOp::RemoveSegment);
+    }
+
+    #[test]
+    fn failed_fsyncs_in_recovery_stop_writes() {
+        let fs = SimulatedFs::new();
+        let mut log = new_log(&fs);
+        append(&mut log, 3);
+        // The newest segment's unsynced tail.
+        fs.set_fail_sync(true);
+        assert_failed_sync(
+            reopen(&fs, RecoveryMode::default()),
+            StorageOp::RecoverSegment,
+        );
+        // A torn tail's cut.
+        let segment = dir().join(format::segment_name(0));
+        let bytes = fs.contents(&segment).unwrap();
+        fs.put(&segment, &bytes[..bytes.len() - 2]);
+        assert_failed_sync(
+            reopen(&fs, RecoveryMode::default()),
+            StorageOp::RecoverSegment,
+        );
+        // An older segment never sealed (its sealed index lost) is sealed
+        // at start-up.
+        fs.set_fail_sync(false);
+        let mut log = reopen(&fs, RecoveryMode::default()).unwrap().0;
+        log.seal_active().unwrap();
+        let mut next = FileLog::empty(Arc::new(fs.clone()), dir());
+        next.floor = i64::MAX;
+        next.next_seq = log.next_seq;
+        next.append(1, Bytes::from_static(b"m")).unwrap();
+        next.flush().unwrap();
+        fs.put(&dir().join(format::index_name(0)), b"");
+        fs.set_fail_sync(true);
+        assert_failed_sync(reopen(&fs, RecoveryMode::default()), StorageOp::SealSegment);
+    }
+
+    #[test]
+    fn a_strict_recovery_mode_refuses_damage_the_tolerant_one_marks() {
+        let fs = SimulatedFs::new();
+        let mut log = new_log(&fs);
+        append(&mut log, 3);
+        log.seal_active().unwrap();
+        append(&mut log, 1);
+        // The second record of the sealed segment fails its checksum.
+        let segment = dir().join(format::segment_name(0));
+        let record = format::RECORD_HEADER_LEN + 7;
+        fs.flip_bit(&segment, 32 + record + 25, 0);
+        fs.put(&dir().join(format::index_name(0)), b"");
+        let (log, report) = reopen(&fs, RecoveryMode::TolerateAnyCorruption).unwrap();
+        assert!(report
+            .findings
+            .iter()
+            .any(|f| f.damage == Damage::DamagedRecords { from: 1, to: 2 }
+                && f.remedy == Remedy::MarkDamaged));
+        assert!(log.read(1, limits(1)).is_err());
+        assert_eq!(log.read(2, limits(2)).unwrap().len(), 2);
+        drop(log);
+        assert!(matches!(
+            reopen(&fs, RecoveryMode::TolerateTailCorruption),
+            Err(StorageError::Corrupt(_))
+        ));
+    }
+
+    fn limits(max_count: usize) -> ReadLimits {
+        ReadLimits {
+            max_count,
+            max_bytes: 1 << 20,
+            name_len: 1,
+        }
+    }
+}
