@@ -61,14 +61,35 @@ struct Faults {
     operations: AtomicU64,
     /// The power is cut once `operations` would pass this.
     cut_after: AtomicU64,
-    /// What the disk held when the power was cut.
-    cut_image: Mutex<Option<SimulatedFs>>,
+    /// What was left when the power was cut: see [`Cut`].
+    cut_image: Mutex<Option<CutImages>>,
 }
 
 struct Inner {
     /// The root folder `/`; lock order: the tree before any file image.
     tree: Mutex<Arc<Mutex<Folder>>>,
     faults: Faults,
+}
+
+#[derive(Clone)]
+struct CutImages {
+    clean: SimulatedFs,
+    whole: SimulatedFs,
+    process: SimulatedFs,
+}
+
+/// Which file system a cut of [`SimulatedFs::cut_power_after`] leaves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cut {
+    /// A power cut: unsynced bytes are lost.
+    Clean,
+    /// A power cut after which every written byte had reached the disk
+    /// (folder entries still only as synced).
+    WrittenBytesKept,
+    /// Not the power but weir died: the OS keeps what was written, synced
+    /// or not (a later [`SimulatedFs::crash`] of it still loses the
+    /// unsynced part).
+    ProcessOnly,
 }
 
 #[derive(Clone)]
@@ -124,10 +145,14 @@ impl Inner {
         }
         let n = faults.operations.fetch_add(1, Ordering::SeqCst) + 1;
         if n > faults.cut_after.load(Ordering::SeqCst) {
-            let image = SimulatedFs {
+            let fs = SimulatedFs {
                 inner: Arc::clone(self),
-            }
-            .crash(|_, _| 0);
+            };
+            let image = CutImages {
+                clean: fs.crash(|_, _| 0),
+                whole: fs.crash(|_, unsynced| unsynced),
+                process: fs.fork(),
+            };
             let mut cut = lock(&faults.cut_image);
             if cut.is_none() {
                 *cut = Some(image);
@@ -254,8 +279,70 @@ impl SimulatedFs {
 
     /// The file system left by the cut of [`SimulatedFs::cut_power_after`],
     /// once it happened.
-    pub fn power_cut_image(&self) -> Option<SimulatedFs> {
-        lock(&self.inner.faults.cut_image).clone()
+    pub fn power_cut_image(&self, cut: Cut) -> Option<SimulatedFs> {
+        let images = lock(&self.inner.faults.cut_image);
+        images.as_ref().map(|i| match cut {
+            Cut::Clean => i.clean.clone(),
+            Cut::WrittenBytesKept => i.whole.clone(),
+            Cut::ProcessOnly => i.process.clone(),
+        })
+    }
+
+    /// A copy of this file system as it is, written and durable state
+    /// apart, with no faults.
+    fn fork(&self) -> SimulatedFs {
+        let fresh = SimulatedFs::default();
+        let mut files = HashMap::new();
+        let mut folders = HashMap::new();
+        let root = Arc::clone(&lock(&self.inner.tree));
+        let copy = fresh.fork_folder(&root, &mut files, &mut folders);
+        *lock(&fresh.inner.tree) = copy;
+        fresh
+    }
+
+    fn fork_folder(
+        &self,
+        folder: &Arc<Mutex<Folder>>,
+        files: &mut HashMap<*const SimFile, Arc<SimFile>>,
+        folders: &mut HashMap<*const Mutex<Folder>, Arc<Mutex<Folder>>>,
+    ) -> Arc<Mutex<Folder>> {
+        if let Some(done) = folders.get(&Arc::as_ptr(folder)) {
+            return Arc::clone(done);
+        }
+        let copy: Arc<Mutex<Folder>> = Arc::default();
+        folders.insert(Arc::as_ptr(folder), Arc::clone(&copy));
+        let (live, durable) = {
+            let f = lock(folder);
+            (f.live.clone(), f.durable.clone())
+        };
+        let mut fork = |entries: BTreeMap<String, Node>| -> BTreeMap<String, Node> {
+            entries
+                .into_iter()
+                .map(|(name, node)| {
+                    let node = match node {
+                        Node::Dir(d) => Node::Dir(self.fork_folder(&d, files, folders)),
+                        Node::File(f) => Node::File(Arc::clone(
+                            files.entry(Arc::as_ptr(&f)).or_insert_with(|| {
+                                let image = lock(&f.image);
+                                Arc::new(SimFile {
+                                    image: Mutex::new(Image {
+                                        live: image.live.clone(),
+                                        durable: image.durable.clone(),
+                                    }),
+                                    fail_reads: Default::default(),
+                                    fs: Arc::downgrade(&self.inner),
+                                })
+                            }),
+                        )),
+                    };
+                    (name, node)
+                })
+                .collect()
+        };
+        let live = fork(live);
+        let durable = fork(durable);
+        *lock(&copy) = Folder { live, durable };
+        copy
     }
 
     /// The file system after a power cut. `torn(path, unsynced)` says how
@@ -598,12 +685,19 @@ mod tests {
         fs.cut_power_after(2);
         let f = fs.create(p("/d/f")).unwrap();
         f.write_all_at(b"x", 0).unwrap();
-        assert!(fs.power_cut_image().is_none());
+        assert!(fs.power_cut_image(Cut::Clean).is_none());
         assert!(f.sync_data().is_err(), "the third fails");
         assert!(fs.list(p("/d")).is_err(), "and everything after");
-        let image = fs.power_cut_image().unwrap();
+        let image = fs.power_cut_image(Cut::Clean).unwrap();
         assert!(image.is_dir(p("/d")));
         assert!(image.files().is_empty());
+        let whole = fs.power_cut_image(Cut::WrittenBytesKept).unwrap();
+        assert!(whole.files().is_empty(), "/d/f's entry was never synced");
+        // weir died instead: the OS still has the file, and a power cut
+        // after that loses it.
+        let process = fs.power_cut_image(Cut::ProcessOnly).unwrap();
+        assert_eq!(process.contents(p("/d/f")).unwrap(), b"x");
+        assert!(process.crash(|_, _| 0).files().is_empty());
     }
 
     #[test]
