@@ -1,6 +1,7 @@
 //! Where `File` streams live: one folder per stream under
 //! `<store root>/streams/`, holding `stream.cbor` (the definition) and the
-//! stream's segment files.
+//! file log's files (segments, their indexes, the sequence floor; see
+//! [`super::file::format`]).
 //!
 //! Folder names encode stream names reversibly: ASCII letters, digits, `_`
 //! and `-` stay, every other byte of the UTF-8 name becomes `%XX` (so
@@ -20,7 +21,7 @@
 //! or when a stream of the same name is created). A folder, created,
 //! removed or moved, is made durable by syncing its parent.
 
-use super::file::recovery::RecoveryMode;
+use super::file::recovery::{RecoveryMode, Remedy};
 use super::file::{FileLog, OpenReport};
 use super::fs::{self, FileSystem};
 use super::log::{IoContext, StorageError, StorageOp};
@@ -284,7 +285,17 @@ impl StreamFolders {
         )
         .map_err(|e| e.to_string())?;
         for finding in &report.findings {
-            tracing::error!(stream = %definition.name, file = finding.file, damage = ?finding.damage, remedy = ?finding.remedy, "recovery found damage");
+            let (file, damage, remedy) = (&finding.file, &finding.damage, finding.remedy);
+            match remedy {
+                // Data that cannot be served.
+                Remedy::MarkDamaged | Remedy::Skip | Remedy::Refuse => {
+                    tracing::error!(stream = %definition.name, file, ?damage, ?remedy, "recovery found damage")
+                }
+                // What a crash or another program leaves.
+                Remedy::Cut | Remedy::Seal | Remedy::Remove | Remedy::Leave => {
+                    tracing::info!(stream = %definition.name, file, ?damage, ?remedy, "recovery repaired or left a file")
+                }
+            }
         }
         Ok(Some(LoadedStream {
             definition,
