@@ -13,7 +13,7 @@
 //! file's last sync (a torn write).
 //!
 //! Faults: a byte budget after which writes fail with "no space left",
-//! failing syncs, opens, renames, removals and reads of one path that fail with a given OS
+//! failing syncs, failing cuts (`set_len`), opens, renames, removals and reads of one path that fail with a given OS
 //! error, and a power cut after the N-th modifying operation
 //! ([`SimulatedFs::cut_power_after`]), after which every operation fails
 //! and [`SimulatedFs::power_cut_image`] holds what the disk kept.
@@ -55,6 +55,8 @@ struct Faults {
     /// Bytes that may still be added to files; `u64::MAX` is unlimited.
     space_left: AtomicU64,
     fail_sync: AtomicBool,
+    /// `set_len` fails with EIO.
+    fail_set_len: AtomicBool,
     /// OS errors that opening, renaming or removing these paths fails with.
     fail_path: Mutex<HashMap<PathBuf, i32>>,
     /// Modifying operations so far.
@@ -241,6 +243,11 @@ impl SimulatedFs {
     /// Every `sync_data` and `sync_dir` fails with EIO while set.
     pub fn set_fail_sync(&self, fail: bool) {
         self.inner.faults.fail_sync.store(fail, Ordering::SeqCst);
+    }
+
+    /// Every `set_len` (cutting a file back) fails with EIO while set.
+    pub fn set_fail_set_len(&self, fail: bool) {
+        self.inner.faults.fail_set_len.store(fail, Ordering::SeqCst);
     }
 
     /// Opening, renaming (from or to) or removing `path` fails with OS
@@ -622,6 +629,9 @@ impl FileHandle for SimFile {
     fn set_len(&self, len: u64) -> io::Result<()> {
         let inner = self.inner()?;
         inner.operate()?;
+        if inner.faults.fail_set_len.load(Ordering::SeqCst) {
+            return Err(eio());
+        }
         let mut image = lock(&self.image);
         let len = usize::try_from(len).map_err(io::Error::other)?;
         let old = image.live.len();

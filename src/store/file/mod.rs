@@ -474,6 +474,33 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_write_that_cannot_be_cut_back_stops_writes() {
+        let fs = SimulatedFs::new();
+        let mut log = new_log(&fs);
+        append(&mut log, 1);
+        fs.set_space_left(Some(10));
+        log.append(1, Bytes::from_static(b"does not fit")).unwrap();
+        let failed = log.flush();
+        assert!(
+            matches!(&failed, Err(e @ StorageError::Io { op: StorageOp::WriteRecords, .. }) if !e.stops_writes()),
+            "a failed write alone is cut back: {failed:?}"
+        );
+        fs.set_fail_set_len(true);
+        log.append(1, Bytes::from_static(b"does not fit")).unwrap();
+        match log.flush() {
+            Err(e @ StorageError::CutBack { .. }) => {
+                assert!(e.stops_writes());
+                assert_eq!(
+                    e.io_error().unwrap().raw_os_error(),
+                    Some(28),
+                    "ENOSPC kept"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn failed_fsyncs_in_recovery_stop_writes() {
         let fs = SimulatedFs::new();
         let mut log = new_log(&fs);
