@@ -23,6 +23,15 @@ pub trait FileSystem: Send + Sync + 'static {
     /// Makes the folder's entries (created, renamed, removed files) durable.
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
     fn is_dir(&self, path: &Path) -> bool;
+    /// Runs `job` off the calling thread when it can (on a blocking thread
+    /// of the tokio runtime), else at once. The job keeps its own outcome.
+    fn run_blocking(&self, job: Box<dyn FnOnce() + Send>) {
+        match tokio::runtime::Handle::try_current() {
+            // The handle is not awaited: the job reports through its step.
+            Ok(runtime) => drop(runtime.spawn_blocking(job)),
+            Err(_) => job(),
+        }
+    }
 }
 
 pub trait FileHandle: Send + Sync {

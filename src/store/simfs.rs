@@ -61,6 +61,12 @@ struct Faults {
     fail_path: Mutex<HashMap<PathBuf, i32>>,
     /// Modifying operations so far.
     operations: AtomicU64,
+    /// `sync_data` and `sync_dir` calls so far.
+    syncs: AtomicU64,
+    /// Background jobs wait here for [`SimulatedFs::run_background`]
+    /// instead of running at once.
+    defer_background: AtomicBool,
+    deferred: Mutex<Vec<Box<dyn FnOnce() + Send>>>,
     /// The power is cut once `operations` would pass this.
     cut_after: AtomicU64,
     /// What was left when the power was cut: see [`Cut`].
@@ -277,6 +283,63 @@ impl SimulatedFs {
         faults
             .cut_after
             .store(done.saturating_add(n), Ordering::SeqCst);
+    }
+
+    /// Background jobs (`FileSystem::run_blocking`) wait until
+    /// [`SimulatedFs::run_background`] while set; they run at once, on the
+    /// calling thread, otherwise (the default: runs stay deterministic).
+    pub fn set_defer_background(&self, defer: bool) {
+        self.inner
+            .faults
+            .defer_background
+            .store(defer, Ordering::SeqCst);
+    }
+
+    /// Runs the background jobs waiting, oldest first (and those they
+    /// queue); returns how many ran.
+    pub fn run_background(&self) -> usize {
+        self.run_deferred(false)
+    }
+
+    /// Like [`SimulatedFs::run_background`], newest first: as blocking
+    /// threads may run them.
+    pub fn run_background_newest_first(&self) -> usize {
+        self.run_deferred(true)
+    }
+
+    /// Runs one background job waiting, the newest or the oldest; false
+    /// if none waits.
+    pub fn run_one_background(&self, newest: bool) -> bool {
+        let job = {
+            let mut jobs = lock(&self.inner.faults.deferred);
+            match newest {
+                true => jobs.pop(),
+                false => (!jobs.is_empty()).then(|| jobs.remove(0)),
+            }
+        };
+        job.map(|job| job()).is_some()
+    }
+
+    fn run_deferred(&self, newest_first: bool) -> usize {
+        let mut ran = 0;
+        loop {
+            let mut jobs = std::mem::take(&mut *lock(&self.inner.faults.deferred));
+            if jobs.is_empty() {
+                return ran;
+            }
+            if newest_first {
+                jobs.reverse();
+            }
+            for job in jobs {
+                job();
+                ran += 1;
+            }
+        }
+    }
+
+    /// `sync_data` and `sync_dir` calls so far.
+    pub fn syncs(&self) -> u64 {
+        self.inner.faults.syncs.load(Ordering::SeqCst)
     }
 
     /// Modifying operations so far (to find how many a run takes).
@@ -557,6 +620,7 @@ impl FileSystem for SimulatedFs {
 
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         self.inner.operate()?;
+        self.inner.faults.syncs.fetch_add(1, Ordering::SeqCst);
         if self.inner.faults.fail_sync.load(Ordering::SeqCst) {
             return Err(eio());
         }
@@ -568,6 +632,13 @@ impl FileSystem for SimulatedFs {
 
     fn is_dir(&self, path: &Path) -> bool {
         self.inner.folder(path).is_ok()
+    }
+
+    fn run_blocking(&self, job: Box<dyn FnOnce() + Send>) {
+        match self.inner.faults.defer_background.load(Ordering::SeqCst) {
+            true => lock(&self.inner.faults.deferred).push(job),
+            false => job(),
+        }
     }
 }
 
@@ -618,6 +689,7 @@ impl FileHandle for SimFile {
     fn sync_data(&self) -> io::Result<()> {
         let inner = self.inner()?;
         inner.operate()?;
+        inner.faults.syncs.fetch_add(1, Ordering::SeqCst);
         if inner.faults.fail_sync.load(Ordering::SeqCst) {
             return Err(eio());
         }
