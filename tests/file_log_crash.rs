@@ -701,3 +701,119 @@ async fn a_restart_syncs_what_the_crashed_process_had_written() {
     check_stream(&store, "s", 39, 0);
     check_stream(&store, "big", 4, 0);
 }
+
+#[tokio::test]
+async fn an_append_that_fills_a_segment_neither_syncs_nor_makes_a_file() {
+    let fs = SimulatedFs::new();
+    fs.set_defer_background(true);
+    let store = open(&fs);
+    store.create(definition("s", false, 1024)).unwrap();
+    // The spare is prepared off the append path.
+    assert!(fs.run_background() > 0);
+    let dir = stream_dir(&fs, "s");
+    let big = |seq: i64| Bytes::from(vec![seq as u8; 300]);
+    // Three records of 324 bytes fill a segment of 1024.
+    for seq in 0..3 {
+        let appended = store.append("s", big(seq)).unwrap();
+        store.confirm("s", appended.ticket).unwrap();
+    }
+    // The first segment was a spare too: its name and the next spare.
+    assert!(fs.run_background() > 0);
+    assert_eq!(segments(&fs, &dir).len(), 1);
+    let files = fs.files();
+    let syncs = fs.syncs();
+    let appended = store.append("s", big(3)).unwrap();
+    store.confirm("s", appended.ticket).unwrap();
+    assert_eq!(appended.sequence_number, 3);
+    assert_eq!(fs.syncs(), syncs, "the full segment's seal waits");
+    assert_eq!(fs.files(), files, "no file made: the spare was used");
+    assert_eq!(
+        segments(&fs, &dir).len(),
+        1,
+        "the new segment is not named yet"
+    );
+    let read = |store: &Store| {
+        read_all(store, "s")
+            .into_iter()
+            .map(|(seq, bytes)| (seq, bytes == big(seq)))
+            .collect::<Vec<_>>()
+    };
+    let all_there = (0..4).map(|seq| (seq, true)).collect::<Vec<_>>();
+    assert_eq!(read(&store), all_there, "all readable meanwhile");
+    // The seal, the new name and the next spare, off the append path.
+    assert!(fs.run_background() > 0);
+    assert!(fs.syncs() > syncs);
+    assert_eq!(segments(&fs, &dir).len(), 2);
+    assert_eq!(read(&store), all_there);
+    drop(store);
+    let after_cut = read(&open(&fs.crash(|_, _| 0)));
+    assert!(
+        after_cut.starts_with(&all_there[..3]),
+        "the sealed one is durable: {after_cut:?}"
+    );
+    assert!(after_cut.iter().all(|(_, intact)| *intact));
+}
+
+#[tokio::test]
+async fn a_sync_of_a_new_segment_names_it_after_syncing_the_one_before() {
+    let fs = SimulatedFs::new();
+    fs.set_defer_background(true);
+    let store = open(&fs);
+    store.create(definition("s", true, 1024)).unwrap();
+    fs.run_background();
+    for seq in 0..4 {
+        let appended = store
+            .append("s", Bytes::from(vec![seq as u8; 300]))
+            .unwrap();
+        store.confirm("s", appended.ticket).unwrap();
+    }
+    // Nothing ran in the background: the group-commit sync does the steps.
+    store.durable("s", 3).await.unwrap();
+    drop(store);
+    let store = open(&fs.crash(|_, _| 0));
+    let seqs: Vec<i64> = read_all(&store, "s").into_iter().map(|(s, _)| s).collect();
+    assert_eq!(seqs, [0, 1, 2, 3]);
+}
+
+#[tokio::test]
+async fn steps_left_by_a_deleted_stream_never_touch_a_new_one_of_its_name() {
+    let fs = SimulatedFs::new();
+    fs.set_defer_background(true);
+    let store = open(&fs);
+    store.create(definition("s", false, 1024)).unwrap();
+    fs.run_background();
+    for seq in 0..4 {
+        let appended = store
+            .append("s", Bytes::from(vec![seq as u8; 300]))
+            .unwrap();
+        store.confirm("s", appended.ticket).unwrap();
+        if seq == 2 {
+            fs.run_background();
+        }
+    }
+    // The fourth append switched segments: a seal, a rename and a spare
+    // wait; the stream goes, and a new one of the same name gets the same
+    // folder.
+    store.delete("s").unwrap();
+    store.create(definition("s", false, 1024)).unwrap();
+    let fresh: Vec<PathBuf> = fs.files();
+    fs.run_background();
+    let dir = stream_dir(&fs, "s");
+    let mine: Vec<PathBuf> = fs
+        .files()
+        .into_iter()
+        .filter(|p| p.starts_with(&dir))
+        .collect();
+    let fresh: Vec<PathBuf> = fresh.into_iter().filter(|p| p.starts_with(&dir)).collect();
+    assert!(
+        mine.iter()
+            .all(|p| fresh.contains(p) || p.ends_with("next.spare")),
+        "{mine:?} beyond {fresh:?}"
+    );
+    assert_eq!(append_confirmed(&store, "s", 2), [0, 1]);
+    store.sync_all().await;
+    drop(store);
+    let store = open(&fs.crash(|_, _| 0));
+    check_stream(&store, "s", 1, 0);
+    assert_eq!(read_all(&store, "s").len(), 2);
+}

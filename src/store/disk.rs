@@ -21,14 +21,16 @@
 //! or when a stream of the same name is created). A folder, created,
 //! removed or moved, is made durable by syncing its parent.
 
+use super::file::background::Gate;
 use super::file::recovery::{RecoveryMode, Remedy};
 use super::file::{FileLog, OpenReport};
 use super::fs::{self, FileSystem};
 use super::log::{IoContext, StorageError, StorageOp};
 use crate::protocol::cbor::{self, MapReader, Writer};
 use crate::protocol::model::MessageStreamDefinition;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 const DEFINITION_FILE: &str = "stream.cbor";
 const DELETED_FILE: &str = "stream.deleted";
@@ -37,6 +39,10 @@ const META_VERSION: i64 = 1;
 pub struct StreamFolders {
     fs: Arc<dyn FileSystem>,
     root: PathBuf,
+    /// Each live stream folder's gate, closed before the folder is removed
+    /// so no background step of its log touches it (or a later folder at
+    /// the same path) again.
+    gates: Mutex<HashMap<PathBuf, Arc<Gate>>>,
 }
 
 /// A stream found at start-up.
@@ -136,7 +142,11 @@ impl StreamFolders {
         fs.sync_dir(&root).syncing(op)?;
         fs.sync_dir(store_root).syncing(op)?;
         fs.sync_dir(parent).syncing(op)?;
-        Ok(StreamFolders { fs, root })
+        Ok(StreamFolders {
+            fs,
+            root,
+            gates: Mutex::default(),
+        })
     }
 
     pub fn fs(&self) -> &Arc<dyn FileSystem> {
@@ -158,6 +168,7 @@ impl StreamFolders {
         let made = self.save_definition(def).and_then(|()| {
             let log = FileLog::create(Arc::clone(&self.fs), dir.clone())?;
             self.fs.sync_dir(&self.root).syncing(op)?;
+            self.register(&dir, log.gate());
             Ok(log)
         });
         if made.is_err() {
@@ -223,6 +234,10 @@ impl StreamFolders {
     pub fn finish_delete(&self, name: &str) -> Result<(), StorageError> {
         let op = StorageOp::DeleteStream;
         let dir = self.dir(name);
+        let gate = self.gates.lock().expect("gates lock").remove(&dir);
+        if let Some(gate) = gate {
+            gate.close();
+        }
         let marked = self.fs.sync_dir(&dir).syncing(op);
         // Not synced: until the root is, a power cut brings the folder back
         // with its mark, and start-up removes it again.
@@ -259,6 +274,13 @@ impl StreamFolders {
         loaded
     }
 
+    fn register(&self, dir: &Path, gate: Arc<Gate>) {
+        self.gates
+            .lock()
+            .expect("gates lock")
+            .insert(dir.to_owned(), gate);
+    }
+
     fn load(&self, dir: &Path) -> Result<Option<LoadedStream>, String> {
         let names = self.fs.list(dir).map_err(|e| e.to_string())?;
         if names.iter().any(|n| n == DELETED_FILE) {
@@ -284,6 +306,7 @@ impl StreamFolders {
             RecoveryMode::default(),
         )
         .map_err(|e| e.to_string())?;
+        self.register(dir, log.gate());
         for finding in &report.findings {
             let (file, damage, remedy) = (&finding.file, &finding.damage, finding.remedy);
             match remedy {
@@ -292,7 +315,7 @@ impl StreamFolders {
                     tracing::error!(stream = %definition.name, file, ?damage, ?remedy, "recovery found damage")
                 }
                 // What a crash or another program leaves.
-                Remedy::Cut | Remedy::Seal | Remedy::Remove | Remedy::Leave => {
+                Remedy::Cut | Remedy::Seal | Remedy::Adopt | Remedy::Remove | Remedy::Leave => {
                     tracing::info!(stream = %definition.name, file, ?damage, ?remedy, "recovery repaired or left a file")
                 }
             }

@@ -11,6 +11,10 @@
 //!   footer   48 B, only once the segment is sealed:
 //!            magic "WEIRIDX1" | next_seq i64 | bytes u64 | newest_ingest_time i64 | entries u64 | crc32c u32 of everything before | pad u32
 //!
+//! spare segment   next.spare   (a segment file prepared in advance)
+//!   as a segment file; its header says first_seq -1 until an append
+//!   switches to it, writing its first_seq (see [`super::background`])
+//!
 //! sequence floor  sequence.floor   (written atomically)
 //!   20 B  magic "WEIRFLR1" | floor i64 | crc32c u32 of the 16 bytes before
 //! ```
@@ -39,6 +43,9 @@ pub const INDEX_INTERVAL: u64 = 4096;
 /// Largest payload a record may declare (the protocol's frame limit).
 pub const MAX_PAYLOAD: u32 = 1 << 30;
 
+pub const SPARE_FILE: &str = "next.spare";
+/// The first sequence number in the header of a spare nobody switched to.
+pub const UNUSED_SPARE: i64 = -1;
 pub const FLOOR_MAGIC: &[u8; 8] = b"WEIRFLR1";
 pub const FLOOR_FILE: &str = "sequence.floor";
 pub const FLOOR_LEN: usize = 20;

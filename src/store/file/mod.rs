@@ -15,8 +15,14 @@
 //!   skipped newest segment numbering continues at the floor; when
 //!   retention removes every message, an empty segment that starts at the
 //!   next sequence number is created first;
-//! * an append either writes a whole record or cuts the file back.
+//! * an append either writes a whole record or cuts the file back;
+//! * an append that fills a segment neither syncs nor creates a file: it
+//!   switches to a spare prepared in advance, and the full segment's seal
+//!   and the new one's name are [`background`] steps, the name made durable
+//!   only after the segment before it is synced; a sync of the new segment
+//!   runs those steps first.
 
+pub mod background;
 pub mod format;
 pub mod recovery;
 pub mod segment;
@@ -26,12 +32,13 @@ use super::log::{
     IoContext, ReadLimits, SegmentInfo, SegmentLog, StorageError, StorageOp, RECORD_OVERHEAD,
 };
 use crate::protocol::model::Message;
+use background::{Gate, Step};
 use bytes::Bytes;
 use recovery::{Damage, Finding, RecoveryMode};
 use segment::Segment;
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 pub struct FileLog {
     fs: Arc<dyn FileSystem>,
@@ -43,7 +50,28 @@ pub struct FileLog {
     /// Every sequence number given out is below this; it is on disk.
     floor: i64,
     total_bytes: u64,
+    /// Held by background steps working in the folder.
+    gate: Arc<Gate>,
+    spare: Arc<Mutex<Spare>>,
 }
+
+/// The spare segment file, once prepared.
+///
+/// A spare is made only when no segment switched to from a spare still
+/// waits for its name (at start, after a segment made inline, or after the
+/// newest switch's name step): so at most one switched spare is unnamed at
+/// any time, and making the next spare never replaces a file in use.
+#[derive(Default)]
+struct Spare {
+    file: Option<Arc<dyn FileHandle>>,
+    preparing: bool,
+    /// Switches to a spare so far.
+    switches: u64,
+}
+
+/// How many of the newest segments may have steps running: a switch needs
+/// a spare, and the next spare is prepared only after the switch's steps.
+const SETTLING: usize = 3;
 
 /// What start-up found in a stream's folder.
 #[derive(Debug, Default)]
@@ -67,6 +95,7 @@ impl FileLog {
     pub fn create(fs: Arc<dyn FileSystem>, dir: PathBuf) -> Result<Self, StorageError> {
         let mut log = FileLog::empty(fs, dir);
         log.raise_floor(0)?;
+        log.prepare_spare();
         Ok(log)
     }
 
@@ -79,7 +108,167 @@ impl FileLog {
             next_seq: 0,
             floor: 0,
             total_bytes: 0,
+            gate: Arc::default(),
+            spare: Arc::default(),
         }
+    }
+
+    /// The gate background steps hold in the folder; closing it (when the
+    /// stream is deleted) keeps them out from then on.
+    pub fn gate(&self) -> Arc<Gate> {
+        Arc::clone(&self.gate)
+    }
+
+    /// Takes in what finished background steps did; a failed one's error.
+    fn settle(&mut self) -> Result<(), StorageError> {
+        for segment in self.segments.iter_mut().rev().take(SETTLING) {
+            segment.settle()?;
+        }
+        Ok(())
+    }
+
+    /// Runs every background step not done yet, here and now.
+    fn finish_steps(&mut self) -> Result<(), StorageError> {
+        let start = self.segments.len().saturating_sub(SETTLING);
+        for segment in self.segments.range(start..) {
+            for step in segment.steps() {
+                step.ensure()?;
+            }
+        }
+        self.settle()
+    }
+
+    /// Runs `step` off the append path; then, for the name step of the
+    /// switch numbered `switch`, prepares the next spare unless a later
+    /// switch happened meanwhile.
+    fn run_in_background(&self, step: Arc<Step>, switch: Option<u64>) {
+        let spare = switch.map(|switch| self.spare_preparation(Some(switch)));
+        let dir = self.dir.clone();
+        self.fs.run_blocking(Box::new(move || match step.ensure() {
+            Ok(()) => {
+                if let Some(prepare) = spare {
+                    prepare();
+                }
+            }
+            // Kept in the step: the next append or sync returns it.
+            Err(e) => tracing::error!(dir = %dir.display(), error = %e, "a segment step failed"),
+        }));
+    }
+
+    /// Starts preparing a spare segment file if there is none; only when
+    /// no switched spare waits for its name.
+    fn prepare_spare(&self) {
+        let prepare = self.spare_preparation(None);
+        self.fs.run_blocking(Box::new(prepare));
+    }
+
+    /// Creates the spare (with an unused header, not synced: an unused
+    /// spare is removed at start-up) unless one is there or on its way, or
+    /// (`after_switch`) a later switch than that one happened.
+    fn spare_preparation(&self, after_switch: Option<u64>) -> impl FnOnce() + Send + 'static {
+        let (fs, gate, slot) = (
+            Arc::clone(&self.fs),
+            Arc::clone(&self.gate),
+            Arc::clone(&self.spare),
+        );
+        let path = self.dir.join(format::SPARE_FILE);
+        move || {
+            {
+                let mut spare = slot.lock().unwrap_or_else(|p| p.into_inner());
+                let later_switch = after_switch.is_some_and(|n| n != spare.switches);
+                if spare.file.is_some() || spare.preparing || later_switch {
+                    return;
+                }
+                spare.preparing = true;
+            }
+            let made = match gate.enter() {
+                None => Ok(None),
+                Some(_folder) => fs.create(&path).and_then(|file| {
+                    let header = format::encode_segment_header(format::UNUSED_SPARE);
+                    file.write_all_at(&header, 0).map(|()| Some(file))
+                }),
+            };
+            let mut spare = slot.lock().unwrap_or_else(|p| p.into_inner());
+            spare.preparing = false;
+            match made {
+                Ok(file) => spare.file = file,
+                // The next full segment's successor is made inline instead.
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "no spare segment prepared")
+                }
+            }
+        }
+    }
+
+    /// The active segment after a full one: the spare if one is ready
+    /// (switching costs a header write), else a segment made here, after
+    /// every step still running (its name must not be durable before the
+    /// segment it follows is synced).
+    fn open_next_segment(&mut self, now_millis: i64) -> Result<(), StorageError> {
+        let first = self.next_seq;
+        let (spare, switch) = {
+            let mut slot = self.spare.lock().unwrap_or_else(|p| p.into_inner());
+            let spare = slot.file.take();
+            if spare.is_some() {
+                slot.switches += 1;
+            }
+            (spare, slot.switches)
+        };
+        if let Some(file) = spare {
+            let header = format::encode_segment_header(first);
+            match file.write_all_at(&header, 0) {
+                Ok(()) => {
+                    // Every step before: the segments before are synced and
+                    // named before this one's name is durable.
+                    let start = self.segments.len().saturating_sub(SETTLING);
+                    let after: Vec<Arc<Step>> = self
+                        .segments
+                        .range(start..)
+                        .flat_map(|s| s.steps().cloned())
+                        .collect();
+                    let header_file = Arc::clone(&file);
+                    let (fs, gate, dir) = (
+                        Arc::clone(&self.fs),
+                        Arc::clone(&self.gate),
+                        self.dir.clone(),
+                    );
+                    let path = self.dir.join(format::segment_name(first));
+                    let (from, to) = (self.dir.join(format::SPARE_FILE), path.clone());
+                    let name_step = Step::new(Box::new(move || {
+                        let op = StorageOp::CreateSegment;
+                        for previous in after {
+                            previous.ensure()?;
+                        }
+                        let Some(_folder) = gate.enter() else {
+                            return Ok(()); // the stream is deleted
+                        };
+                        // A segment file exists only with a synced header.
+                        header_file.sync_data().syncing(op)?;
+                        fs.rename(&from, &to).during(op)?;
+                        fs.sync_dir(&dir).syncing(op)
+                    }));
+                    let info = SegmentInfo {
+                        first_sequence_number: first,
+                        next_sequence_number: first,
+                        bytes: 0,
+                        newest_ingest_time: now_millis,
+                        sealed: false,
+                    };
+                    let segment = Segment::from_spare(info, path, file, Arc::clone(&name_step));
+                    self.segments.push_back(segment);
+                    self.run_in_background(name_step, Some(switch));
+                    return Ok(());
+                }
+                Err(e) => {
+                    tracing::warn!(dir = %self.dir.display(), error = %e, "the spare segment could not be used")
+                }
+            }
+        }
+        self.finish_steps()?;
+        let segment = Segment::create(&*self.fs, &self.dir, first, now_millis)?;
+        self.segments.push_back(segment);
+        self.prepare_spare();
+        Ok(())
     }
 
     /// Opens an existing stream folder, recovering its segments as `mode`
@@ -95,6 +284,7 @@ impl FileLog {
         let op = StorageOp::LoadStream;
         let mut report = OpenReport::default();
         let mut firsts = Vec::new();
+        let mut spares = Vec::new();
         let names = fs.list(&dir).during(op)?;
         let mut log = FileLog::empty(fs, dir);
         for name in &names {
@@ -111,6 +301,7 @@ impl FileLog {
                     segment::found(mode, &mut report.findings, &path, Damage::TempFile)?;
                     log.fs.remove_file(&path).during(op)?;
                 }
+                _ if name.ends_with(".spare") => spares.push(path),
                 _ if name == format::FLOOR_FILE => {
                     match fs::read_file(&*log.fs, &path)
                         .map_err(|e| e.to_string())
@@ -179,6 +370,9 @@ impl FileLog {
             }
         }
         log.continue_after(&skipped);
+        for path in spares {
+            log.adopt_or_remove(&path, mode, &mut report)?;
+        }
         // What a crashed process wrote is synced before anything new is
         // promised; the folder's entries (segments, removals) likewise.
         if let Some(newest) = log.segments.back().filter(|s| !s.info.sealed) {
@@ -189,7 +383,57 @@ impl FileLog {
         }
         log.fs.sync_dir(&log.dir).syncing(op)?;
         report.segments = log.segments.len();
+        log.prepare_spare();
         Ok((log, report))
+    }
+
+    /// A spare found at start-up: one an append had switched to, starting
+    /// exactly where the newest segment ends, holds appends whose segment
+    /// name was not yet durable: it becomes the newest segment. Any other
+    /// is removed.
+    fn adopt_or_remove(
+        &mut self,
+        path: &Path,
+        mode: RecoveryMode,
+        report: &mut OpenReport,
+    ) -> Result<(), StorageError> {
+        let op = StorageOp::RecoverSegment;
+        let mut head = [0u8; format::SEGMENT_HEADER_LEN as usize];
+        let starts = match self
+            .fs
+            .open(path)
+            .and_then(|f| fs::read_exact_at(&*f, &mut head, 0))
+        {
+            Ok(true) => format::decode_segment_header(&head).ok(),
+            Ok(false) => None,
+            Err(e) => return Err(e).during(op),
+        };
+        let name = path.file_name().and_then(|n| n.to_str()) == Some(format::SPARE_FILE);
+        if !(name && starts == Some(self.next_seq) && self.next_seq >= 0) {
+            segment::found(mode, &mut report.findings, path, Damage::UnusedSpare)?;
+            return self.fs.remove_file(path).during(op);
+        }
+        segment::found(mode, &mut report.findings, path, Damage::FollowingSpare)?;
+        let first = self.next_seq;
+        if let Some(newest) = self.segments.back_mut() {
+            newest.seal(&*self.fs)?;
+        }
+        let to = self.dir.join(format::segment_name(first));
+        self.fs.rename(path, &to).during(op)?;
+        self.fs.sync_dir(&self.dir).syncing(op)?;
+        let recovered = segment::recover(
+            &*self.fs,
+            &self.dir,
+            first,
+            true,
+            mode,
+            &mut report.findings,
+        )?;
+        report.truncated_bytes += recovered.truncated;
+        self.next_seq = recovered.segment.info.next_sequence_number;
+        self.total_bytes += recovered.segment.info.bytes;
+        self.segments.push_back(recovered.segment);
+        Ok(())
     }
 
     /// After segment files that could not be read: if any lies past the
@@ -253,6 +497,50 @@ impl FileLog {
     }
 }
 
+/// What a sync must do while segment steps are running: run them first
+/// (the segment before is synced, the new one's name durable), then sync
+/// the active segment.
+struct AfterSteps {
+    steps: Vec<Arc<Step>>,
+    file: Option<Arc<dyn FileHandle>>,
+}
+
+impl AfterSteps {
+    fn file(&self) -> std::io::Result<&Arc<dyn FileHandle>> {
+        self.file
+            .as_ref()
+            .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::Unsupported))
+    }
+}
+
+impl FileHandle for AfterSteps {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+        self.file()?.read_at(buf, offset)
+    }
+    fn write_all_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+        self.file()?.write_all_at(buf, offset)
+    }
+    fn sync_data(&self) -> std::io::Result<()> {
+        for step in &self.steps {
+            step.ensure()
+                .map_err(|e| match e.io_error().and_then(|io| io.raw_os_error()) {
+                    Some(errno) => std::io::Error::from_raw_os_error(errno),
+                    None => std::io::Error::other(e.to_string()),
+                })?;
+        }
+        match &self.file {
+            Some(file) => file.sync_data(),
+            None => Ok(()),
+        }
+    }
+    fn set_len(&self, len: u64) -> std::io::Result<()> {
+        self.file()?.set_len(len)
+    }
+    fn size(&self) -> std::io::Result<u64> {
+        self.file()?.size()
+    }
+}
+
 /// How recovery names a segment it could not use.
 fn damage_of(e: &StorageError) -> Damage {
     Damage::UnreadableSegment {
@@ -289,10 +577,10 @@ impl SegmentLog for FileLog {
     }
 
     fn append(&mut self, ingest_time: i64, payload: Bytes) -> Result<i64, StorageError> {
+        self.settle()?;
         self.raise_floor(self.next_seq)?;
         if self.active_segment().is_none() {
-            let segment = Segment::create(&*self.fs, &self.dir, self.next_seq, ingest_time)?;
-            self.segments.push_back(segment);
+            self.open_next_segment(ingest_time)?;
         }
         let seq = self.next_seq;
         let segment = self
@@ -323,10 +611,15 @@ impl SegmentLog for FileLog {
     }
 
     fn seal_active(&mut self) -> Result<(), StorageError> {
-        match self.segments.back_mut() {
-            Some(segment) => segment.seal(&*self.fs),
-            None => Ok(()),
+        self.settle()?;
+        let (fs, gate) = (Arc::clone(&self.fs), Arc::clone(&self.gate));
+        let Some(segment) = self.segments.back_mut() else {
+            return Ok(());
+        };
+        if let Some(step) = segment.begin_seal(fs, gate)? {
+            self.run_in_background(step, None);
         }
+        Ok(())
     }
 
     fn remove_oldest_segment(&mut self) -> Result<(), StorageError> {
@@ -334,6 +627,8 @@ impl SegmentLog for FileLog {
             return Ok(());
         };
         assert!(oldest.info.sealed, "retention removes sealed segments only");
+        // Its seal (and everything before a new segment) done first.
+        self.finish_steps()?;
         if self.segments.len() == 1 {
             // Keep a record of the next sequence number on disk.
             let now = self.now_hint();
@@ -379,10 +674,24 @@ impl SegmentLog for FileLog {
     }
 
     fn sync_target(&self) -> Option<Arc<dyn FileHandle>> {
-        self.segments
+        let active = self
+            .segments
             .back()
             .filter(|s| !s.info.sealed)
-            .map(Segment::sync_target)
+            .map(Segment::sync_target);
+        let start = self.segments.len().saturating_sub(SETTLING);
+        let steps: Vec<Arc<Step>> = self
+            .segments
+            .range(start..)
+            .flat_map(|s| s.steps().cloned())
+            .collect();
+        if steps.is_empty() {
+            return active;
+        }
+        Some(Arc::new(AfterSteps {
+            steps,
+            file: active,
+        }))
     }
 }
 
@@ -440,16 +749,36 @@ mod tests {
             FileLog::create(Arc::new(fs.clone()), dir()),
             StorageOp::WriteFloor,
         );
-        // A new segment.
+        // A new segment made inline (no spare ready).
         let fs = SimulatedFs::new();
+        fs.set_defer_background(true);
         let mut log = new_log(&fs);
         fs.set_fail_sync(true);
         assert_failed_sync(
             log.append(1, Bytes::from_static(b"m")),
             StorageOp::CreateSegment,
         );
+        // A new segment switched to from the spare: its naming fails off
+        // the append path, and the next append or sync says so.
+        for next in ["append", "sync"] {
+            let fs = SimulatedFs::new();
+            let mut log = new_log(&fs);
+            fs.set_fail_sync(true);
+            log.append(1, Bytes::from_static(b"m")).unwrap();
+            match next {
+                "append" => assert_failed_sync(
+                    log.append(1, Bytes::from_static(b"m")),
+                    StorageOp::CreateSegment,
+                ),
+                _ => {
+                    let e = log.sync_target().unwrap().sync_data().unwrap_err();
+                    assert_eq!(e.raw_os_error(), Some(5), "{e}");
+                }
+            }
+        }
         // A floor raised when appends reach it.
-        fs.set_fail_sync(false);
+        let fs = SimulatedFs::new();
+        let mut log = new_log(&fs);
         append(&mut log, 1);
         log.floor = log.next_seq;
         fs.set_fail_sync(true);
@@ -457,20 +786,67 @@ mod tests {
             log.append(1, Bytes::from_static(b"m")),
             StorageOp::WriteFloor,
         );
-        // Sealing.
-        assert_failed_sync(log.seal_active(), StorageOp::SealSegment);
+        // Sealing, inline (deferred: the next append finds the failure) and
+        // when retention waits for it.
+        let fs = SimulatedFs::new();
+        let mut log = new_log(&fs);
+        append(&mut log, 1);
+        fs.set_fail_sync(true);
+        log.seal_active().unwrap();
+        assert_failed_sync(
+            log.append(1, Bytes::from_static(b"m")),
+            StorageOp::SealSegment,
+        );
+        assert_failed_sync(log.remove_oldest_segment(), StorageOp::SealSegment);
         // Retention: the empty segment kept for the next number, and the
         // folder sync after a removal.
-        fs.set_fail_sync(false);
+        let fs = SimulatedFs::new();
+        fs.set_defer_background(true);
+        let mut log = new_log(&fs);
+        append(&mut log, 1);
         log.seal_active().unwrap();
+        fs.run_background();
         fs.set_fail_sync(true);
         assert_failed_sync(log.remove_oldest_segment(), StorageOp::CreateSegment);
-        fs.set_fail_sync(false);
+        let fs = SimulatedFs::new();
+        let mut log = new_log(&fs);
         append(&mut log, 1);
         log.seal_active().unwrap();
         append(&mut log, 1);
         fs.set_fail_sync(true);
         assert_failed_sync(log.remove_oldest_segment(), StorageOp::RemoveSegment);
+    }
+
+    #[test]
+    fn a_late_spare_preparation_never_replaces_a_spare_in_use() {
+        let fs = SimulatedFs::new();
+        fs.set_defer_background(true);
+        let mut log = new_log(&fs);
+        fs.run_background();
+        let record = |seq: i64| Bytes::from(vec![seq as u8; 300]);
+        let append_one = |log: &mut FileLog, seq: i64| {
+            assert_eq!(log.append(1, record(seq)).unwrap(), seq);
+            log.flush().unwrap();
+        };
+        // A switch to the spare, whose name step (and next spare) wait.
+        append_one(&mut log, 0);
+        log.seal_active().unwrap();
+        // No spare: made inline, after the waiting steps; a spare queued.
+        append_one(&mut log, 1);
+        assert!(fs.run_one_background(true), "the new spare is made");
+        log.seal_active().unwrap();
+        // A second switch, to that spare, while the first switch's job
+        // (which would prepare a spare too) has not run yet.
+        append_one(&mut log, 2);
+        fs.run_background();
+        let read = log.read(0, limits(3)).unwrap();
+        assert_eq!(read.len(), 3);
+        for m in read {
+            assert_eq!(m.payload, record(m.sequence_number));
+        }
+        drop(log);
+        let (log, _) = reopen(&fs, RecoveryMode::default()).unwrap();
+        assert_eq!(log.read(0, limits(3)).unwrap().len(), 3);
     }
 
     #[test]

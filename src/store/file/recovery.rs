@@ -12,6 +12,8 @@
 //! | a segment starting before the one before it ends        | `Skip`                                           |
 //! | an older segment never sealed (a crash between steps)   | `Seal`: synced and given its sealed index now     |
 //! | an index whose segment is gone, a temp file             | `Remove`                                         |
+//! | a spare segment whose header says it starts exactly where the newest segment ends (weir stopped before its name was made durable) | `Adopt`: the newest is sealed, the spare renamed to its segment name and recovered as the newest |
+//! | any other spare segment                                  | `Remove`                                         |
 //! | a sequence floor that cannot be read                    | `Skip`: the next floor write replaces it; a lost newest segment is then assumed to have held [`super::format::FLOOR_LEASE`] numbers |
 //! | a file that is not weir's                               | `Leave`                                          |
 //!
@@ -45,6 +47,9 @@ pub enum Damage {
         previous_end: i64,
     },
     UnsealedSegment,
+    /// A spare segment that follows the newest one exactly.
+    FollowingSpare,
+    UnusedSpare,
     OrphanIndex,
     TempFile,
     UnreadableFloor {
@@ -60,6 +65,7 @@ pub enum Remedy {
     MarkDamaged,
     Skip,
     Seal,
+    Adopt,
     Remove,
     Leave,
     /// The stream is not loaded.
@@ -83,7 +89,8 @@ impl RecoveryMode {
         match damage {
             Damage::TornTail { .. } => Remedy::Cut,
             Damage::UnsealedSegment => Remedy::Seal,
-            Damage::OrphanIndex | Damage::TempFile => Remedy::Remove,
+            Damage::FollowingSpare => Remedy::Adopt,
+            Damage::OrphanIndex | Damage::TempFile | Damage::UnusedSpare => Remedy::Remove,
             Damage::ForeignFile => Remedy::Leave,
             Damage::DamagedRecords { .. } if tolerant => Remedy::MarkDamaged,
             Damage::UnreadableSegment { .. }

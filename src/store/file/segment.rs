@@ -1,5 +1,6 @@
 //! One segment file and its sparse index.
 
+use super::background::{Gate, Step};
 use super::format::{
     self, IndexEntry, RecordHeader, SealedSummary, INDEX_ENTRY_LEN, INDEX_INTERVAL, MAX_PAYLOAD,
     RECORD_HEADER_LEN, SEGMENT_HEADER_LEN,
@@ -37,6 +38,12 @@ pub struct Segment {
     index_written: usize,
     /// The state before the first pending record, restored if writing fails.
     undo: Option<Undo>,
+    /// The seal (fsync, sealed index) running off the append path; the
+    /// file stays open for reads until it is done.
+    seal_step: Option<Arc<Step>>,
+    /// For a segment switched to from a spare: the rename to its name and
+    /// the folder's sync, after the segment before it is synced.
+    name_step: Option<Arc<Step>>,
 }
 
 #[derive(Clone, Copy)]
@@ -119,15 +126,88 @@ impl Segment {
             damaged,
             pending: Vec::new(),
             undo: None,
+            seal_step: None,
+            name_step: None,
         }
     }
 
-    pub fn sync_target(&self) -> Arc<dyn FileHandle> {
-        Arc::clone(
+    /// An empty active segment in a spare file whose header already says
+    /// `info.first_sequence_number`; `name_step` gives it its name.
+    pub fn from_spare(
+        info: SegmentInfo,
+        path: PathBuf,
+        file: Arc<dyn FileHandle>,
+        name_step: Arc<Step>,
+    ) -> Segment {
+        let mut segment = Segment::with_written(info, path, file, None, Vec::new(), Vec::new());
+        segment.name_step = Some(name_step);
+        segment
+    }
+
+    /// Closes the segment to appends and returns its seal as a step to run
+    /// off the append path (`None` if it is sealed already). Until the
+    /// step is done the segment is read through its open file.
+    pub fn begin_seal(
+        &mut self,
+        fs: Arc<dyn FileSystem>,
+        gate: Arc<Gate>,
+    ) -> Result<Option<Arc<Step>>, StorageError> {
+        if self.info.sealed {
+            return Ok(None);
+        }
+        self.flush()?;
+        let file = Arc::clone(
             self.file
                 .as_ref()
-                .expect("only the open, active segment is synced"),
-        )
+                .expect("an active segment has its file open"),
+        );
+        let summary = SealedSummary {
+            next_seq: self.info.next_sequence_number,
+            bytes: self.info.bytes,
+            newest_ingest_time: self.info.newest_ingest_time,
+        };
+        let index = format::encode_sealed_index(&self.index, summary);
+        let index_path = self.index_path.clone();
+        let step = Step::new(Box::new(move || {
+            let op = StorageOp::SealSegment;
+            let Some(_folder) = gate.enter() else {
+                return Ok(()); // the stream is deleted
+            };
+            file.sync_data().syncing(op)?;
+            fs::write_atomically(&*fs, &index_path, &index, op)
+        }));
+        self.info.sealed = true;
+        self.index_file = None;
+        self.pending = Vec::new();
+        self.seal_step = Some(Arc::clone(&step));
+        Ok(Some(step))
+    }
+
+    /// Steps of this segment not known done, in the order they must run.
+    pub fn steps(&self) -> impl Iterator<Item = &Arc<Step>> {
+        self.name_step
+            .iter()
+            .chain(self.seal_step.iter())
+            .filter(|s| s.outcome().is_none())
+    }
+
+    /// Takes in what finished steps did; a failed step's error.
+    pub fn settle(&mut self) -> Result<(), StorageError> {
+        if let Some(outcome) = self.name_step.as_ref().and_then(|s| s.outcome()) {
+            outcome?;
+            self.name_step = None;
+        }
+        if let Some(outcome) = self.seal_step.as_ref().and_then(|s| s.outcome()) {
+            outcome?;
+            self.seal_step = None;
+            // Sealed: reads open the file each time.
+            self.file = None;
+        }
+        Ok(())
+    }
+
+    pub fn sync_target(&self) -> Arc<dyn FileHandle> {
+        Arc::clone(self.file.as_ref().expect("only an open segment is synced"))
     }
 
     /// Adds one record after the others. Nothing is written until
