@@ -817,3 +817,53 @@ async fn steps_left_by_a_deleted_stream_never_touch_a_new_one_of_its_name() {
     check_stream(&store, "s", 1, 0);
     assert_eq!(read_all(&store, "s").len(), 2);
 }
+
+/// The real file system with real blocking threads: segment switches whose
+/// steps run beside the appends, a delete and a create of the same name
+/// while steps may still run, and a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_real_disk_segment_steps_run_beside_appends_and_deletes() {
+    let root = tempfile::tempdir().unwrap();
+    let open_real = || {
+        Store::open(
+            Arc::new(weir::store::fs::StdFs),
+            root.path(),
+            Arc::new(ManualClock::new(T0)),
+            StoreLimits {
+                max_read_bytes: 1 << 24,
+            },
+        )
+        .unwrap()
+    };
+    let store = open_real();
+    for round in 0..3 {
+        store.create(definition("s", round % 2 == 0, 1024)).unwrap();
+        store.create(definition("keep", false, 1024)).ok();
+        for seq in 0..120 {
+            for name in ["s", "keep"] {
+                let next = if name == "s" {
+                    seq
+                } else {
+                    next_seq(&store, name)
+                };
+                let appended = store.append(name, payload(name, next)).unwrap();
+                store.confirm(name, appended.ticket).unwrap();
+                if seq % 10 == 0 {
+                    store.durable(name, appended.sequence_number).await.unwrap();
+                }
+            }
+        }
+        check_stream(&store, "s", 119, round);
+        if round < 2 {
+            // Steps of the deleted stream may still be queued or running.
+            store.delete("s").unwrap();
+        }
+    }
+    store.sync_all().await;
+    check_stream(&store, "keep", 359, 0);
+    drop(store);
+    let store = open_real();
+    check_stream(&store, "s", 119, 0);
+    check_stream(&store, "keep", 359, 0);
+    assert_eq!(read_all(&store, "s").len(), 120);
+}

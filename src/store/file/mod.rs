@@ -142,7 +142,7 @@ impl FileLog {
     /// switch numbered `switch`, prepares the next spare unless a later
     /// switch happened meanwhile.
     fn run_in_background(&self, step: Arc<Step>, switch: Option<u64>) {
-        let spare = switch.map(|switch| self.spare_preparation(Some(switch)));
+        let spare = switch.map(|switch| self.spare_preparation(switch));
         let dir = self.dir.clone();
         self.fs.run_blocking(Box::new(move || match step.ensure() {
             Ok(()) => {
@@ -155,17 +155,23 @@ impl FileLog {
         }));
     }
 
-    /// Starts preparing a spare segment file if there is none; only when
-    /// no switched spare waits for its name.
+    /// Starts preparing a spare segment file if there is none; called only
+    /// when no switched spare waits for its name.
     fn prepare_spare(&self) {
-        let prepare = self.spare_preparation(None);
+        let switches = self
+            .spare
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .switches;
+        let prepare = self.spare_preparation(switches);
         self.fs.run_blocking(Box::new(prepare));
     }
 
     /// Creates the spare (with an unused header, not synced: an unused
     /// spare is removed at start-up) unless one is there or on its way, or
-    /// (`after_switch`) a later switch than that one happened.
-    fn spare_preparation(&self, after_switch: Option<u64>) -> impl FnOnce() + Send + 'static {
+    /// a switch happened since `after_switch` switches (its spare may still
+    /// be unnamed, under the spare's name).
+    fn spare_preparation(&self, after_switch: u64) -> impl FnOnce() + Send + 'static {
         let (fs, gate, slot) = (
             Arc::clone(&self.fs),
             Arc::clone(&self.gate),
@@ -175,7 +181,7 @@ impl FileLog {
         move || {
             {
                 let mut spare = slot.lock().unwrap_or_else(|p| p.into_inner());
-                let later_switch = after_switch.is_some_and(|n| n != spare.switches);
+                let later_switch = spare.switches != after_switch;
                 if spare.file.is_some() || spare.preparing || later_switch {
                     return;
                 }
@@ -183,10 +189,15 @@ impl FileLog {
             }
             let made = match gate.enter() {
                 None => Ok(None),
-                Some(_folder) => fs.create(&path).and_then(|file| {
-                    let header = format::encode_segment_header(format::UNUSED_SPARE);
-                    file.write_all_at(&header, 0).map(|()| Some(file))
-                }),
+                Some(_folder) => match fs.open(&path) {
+                    // Never replace a file there: it may be a spare in use.
+                    Ok(_) => Err(std::io::Error::from(std::io::ErrorKind::AlreadyExists)),
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+                    Err(_) => fs.create(&path).and_then(|file| {
+                        let header = format::encode_segment_header(format::UNUSED_SPARE);
+                        file.write_all_at(&header, 0).map(|()| Some(file))
+                    }),
+                },
             };
             let mut spare = slot.lock().unwrap_or_else(|p| p.into_inner());
             spare.preparing = false;
@@ -260,7 +271,13 @@ impl FileLog {
                     return Ok(());
                 }
                 Err(e) => {
-                    tracing::warn!(dir = %self.dir.display(), error = %e, "the spare segment could not be used")
+                    tracing::warn!(dir = %self.dir.display(), error = %e, "the spare segment could not be used");
+                    // It never became a segment: out of the way of the
+                    // next spare.
+                    let spare = self.dir.join(format::SPARE_FILE);
+                    if let Err(e) = self.fs.remove_file(&spare) {
+                        tracing::warn!(path = %spare.display(), error = %e, "an unusable spare stays until the next start");
+                    }
                 }
             }
         }
@@ -819,34 +836,41 @@ mod tests {
 
     #[test]
     fn a_late_spare_preparation_never_replaces_a_spare_in_use() {
-        let fs = SimulatedFs::new();
-        fs.set_defer_background(true);
-        let mut log = new_log(&fs);
-        fs.run_background();
-        let record = |seq: i64| Bytes::from(vec![seq as u8; 300]);
-        let append_one = |log: &mut FileLog, seq: i64| {
-            assert_eq!(log.append(1, record(seq)).unwrap(), seq);
-            log.flush().unwrap();
-        };
-        // A switch to the spare, whose name step (and next spare) wait.
-        append_one(&mut log, 0);
-        log.seal_active().unwrap();
-        // No spare: made inline, after the waiting steps; a spare queued.
-        append_one(&mut log, 1);
-        assert!(fs.run_one_background(true), "the new spare is made");
-        log.seal_active().unwrap();
-        // A second switch, to that spare, while the first switch's job
-        // (which would prepare a spare too) has not run yet.
-        append_one(&mut log, 2);
-        fs.run_background();
-        let read = log.read(0, limits(3)).unwrap();
-        assert_eq!(read.len(), 3);
-        for m in read {
-            assert_eq!(m.payload, record(m.sequence_number));
+        // Either preparation may be the late one: the one queued after the
+        // first switch's name step, or the one queued after a segment made
+        // inline.
+        for late_is_the_switchs in [true, false] {
+            let fs = SimulatedFs::new();
+            fs.set_defer_background(true);
+            let mut log = new_log(&fs);
+            fs.run_background();
+            let record = |seq: i64| Bytes::from(vec![seq as u8; 300]);
+            let append_one = |log: &mut FileLog, seq: i64| {
+                assert_eq!(log.append(1, record(seq)).unwrap(), seq);
+                log.flush().unwrap();
+            };
+            // A switch to the spare, whose name step (and next spare) wait.
+            append_one(&mut log, 0);
+            log.seal_active().unwrap();
+            // No spare: made inline, after the waiting steps; a spare queued.
+            append_one(&mut log, 1);
+            // One of the two queued preparations makes the spare.
+            assert!(fs.run_one_background(late_is_the_switchs));
+            log.seal_active().unwrap();
+            // A second switch, to that spare, before the other preparation
+            // has run.
+            append_one(&mut log, 2);
+            fs.run_background();
+            let read = log.read(0, limits(3)).unwrap();
+            assert_eq!(read.len(), 3);
+            for m in read {
+                assert_eq!(m.payload, record(m.sequence_number));
+            }
+            append_one(&mut log, 3);
+            drop(log);
+            let (log, _) = reopen(&fs, RecoveryMode::default()).unwrap();
+            assert_eq!(log.read(0, limits(4)).unwrap().len(), 4);
         }
-        drop(log);
-        let (log, _) = reopen(&fs, RecoveryMode::default()).unwrap();
-        assert_eq!(log.read(0, limits(3)).unwrap().len(), 3);
     }
 
     #[test]
