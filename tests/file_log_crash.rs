@@ -286,14 +286,15 @@ async fn foreign_garbage_and_missing_files_are_skipped_and_weir_starts() {
     fs.create_dir_all(&streams.join("broken")).unwrap();
     fs.put(&streams.join("broken").join("stream.cbor"), &[0xff; 40]);
     fs.create_dir_all(&streams.join("empty")).unwrap();
+    let garbage = dir.join("00000000000000000999.seg");
     let store = open(&fs);
     assert_eq!(store.list(), ["s"]);
-    check_stream(&store, "s", 59, 0);
-    // The garbage segment is skipped, not taken for data; appends continue.
-    assert_eq!(
-        store.append("s", payload("s", 60)).unwrap().sequence_number,
-        60
-    );
+    check_first(&store, "s", 60);
+    // The garbage segment is skipped, not taken for data nor replaced;
+    // appends continue past any number it could have held.
+    let seq = append_confirmed(&store, "s", 1)[0];
+    assert!(seq > 999, "{seq}");
+    assert_eq!(fs.contents(&garbage).unwrap(), b"not a segment at all");
     // A stream can still be created under the broken folder's name.
     store.create(definition("broken", false, 4096)).unwrap();
     assert_eq!(
@@ -479,4 +480,390 @@ async fn a_create_that_fails_on_a_full_disk_leaves_nothing_behind() {
     );
     drop(store);
     assert_eq!(open(&fs).list(), ["late"]);
+}
+
+/// The sequence number the next append of `name` gets.
+fn next_seq(store: &Store, name: &str) -> i64 {
+    store
+        .describe(name)
+        .unwrap()
+        .storage_status
+        .newest_sequence_number
+        + 1
+}
+
+/// Appends `count` messages and writes them to the OS; returns their numbers.
+fn append_confirmed(store: &Store, name: &str, count: usize) -> Vec<i64> {
+    (0..count)
+        .map(|_| {
+            let seq = next_seq(store, name);
+            let appended = store.append(name, payload(name, seq)).unwrap();
+            store.confirm(name, appended.ticket).unwrap();
+            appended.sequence_number
+        })
+        .collect()
+}
+
+/// A skipped segment file is left as it is, and no number it may have held
+/// is given out again, across two restarts.
+async fn numbering_continues_past(fs: &SimulatedFs, skipped: &Path, issued_below: i64) {
+    let before = fs.contents(skipped).unwrap();
+    let store = open(fs);
+    let seqs = append_confirmed(&store, "s", 3);
+    assert!(
+        seqs[0] >= issued_below,
+        "numbers {seqs:?} were given out before the restart (below {issued_below})"
+    );
+    assert_eq!(seqs, [seqs[0], seqs[0] + 1, seqs[0] + 2]);
+    store.sync_all().await;
+    drop(store);
+    assert_eq!(
+        fs.contents(skipped).unwrap(),
+        before,
+        "the skipped file is untouched"
+    );
+    let store = open(fs);
+    let again = append_confirmed(&store, "s", 1)[0];
+    assert!(again > seqs[2], "{again} after {seqs:?}");
+    for (seq, bytes) in read_all_from(&store, "s", seqs[0]) {
+        assert_eq!(bytes, payload("s", seq));
+    }
+    assert_eq!(fs.contents(skipped).unwrap(), before, "still untouched");
+}
+
+fn read_all_from(store: &Store, name: &str, from: i64) -> Vec<(i64, Bytes)> {
+    let count = next_seq(store, name) - from;
+    let options = ReadMessagesOptions {
+        desired_start_sequence_number: from,
+        min_message_count: count,
+        max_message_count: count,
+        read_timeout_millis: 0,
+    };
+    let messages = store.try_read(name, &options).unwrap().unwrap();
+    messages
+        .into_iter()
+        .map(|m| (m.sequence_number, m.payload))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_newest_segment_with_a_bad_header_is_kept_and_its_numbers_are_not_reissued() {
+    let fs = filled().await;
+    let dir = stream_dir(&fs, "s");
+    let newest = segments(&fs, &dir).pop().unwrap();
+    fs.flip_bit(&newest, 3, 1);
+    numbering_continues_past(&fs, &newest, 60).await;
+}
+
+#[tokio::test]
+async fn an_only_segment_with_a_bad_header_is_kept_and_its_numbers_are_not_reissued() {
+    let fs = SimulatedFs::new();
+    let store = open(&fs);
+    store.create(definition("s", false, 1 << 20)).unwrap();
+    append_confirmed(&store, "s", 10);
+    store.sync_all().await;
+    drop(store);
+    let dir = stream_dir(&fs, "s");
+    let only = segments(&fs, &dir);
+    assert_eq!(only.len(), 1);
+    fs.flip_bit(&only[0], 20, 0);
+    numbering_continues_past(&fs, &only[0], 10).await;
+}
+
+#[tokio::test]
+async fn an_unreadable_newest_segment_is_kept_and_its_numbers_are_not_reissued() {
+    for errno in [13, 5] {
+        // EACCES when opening it, EIO when reading it.
+        let fs = filled().await;
+        let dir = stream_dir(&fs, "s");
+        let newest = segments(&fs, &dir).pop().unwrap();
+        if errno == 13 {
+            fs.set_fail_path(&newest, Some(errno));
+        } else {
+            fs.set_fail_reads(&newest, Some(errno));
+        }
+        numbering_continues_past(&fs, &newest, 60).await;
+        // Readable again: its messages are back.
+        fs.set_fail_path(&newest, None);
+        fs.set_fail_reads(&newest, None);
+        let store = open(&fs);
+        check_first(&store, "s", 60);
+    }
+}
+
+/// Messages `0..count` are there, byte for byte.
+fn check_first(store: &Store, name: &str, count: i64) {
+    let options = ReadMessagesOptions {
+        desired_start_sequence_number: 0,
+        min_message_count: count,
+        max_message_count: count,
+        read_timeout_millis: 0,
+    };
+    let messages = store.try_read(name, &options).unwrap().unwrap();
+    assert_eq!(messages.len() as i64, count);
+    for (i, m) in messages.iter().enumerate() {
+        assert_eq!(m.sequence_number, i as i64);
+        assert_eq!(m.payload, payload(name, m.sequence_number));
+    }
+}
+
+fn stream_path(name: &str) -> PathBuf {
+    Path::new(ROOT).join("streams").join(name)
+}
+
+#[tokio::test]
+async fn a_delete_whose_commit_fails_leaves_the_stream_intact() {
+    let fs = filled().await;
+    let store = open(&fs);
+    let definition = stream_path("s").join("stream.cbor");
+    fs.set_fail_path(&definition, Some(5));
+    assert!(store.delete("s").is_err());
+    fs.set_fail_path(&definition, None);
+    append_confirmed(&store, "s", 1);
+    store.sync_all().await;
+    check_stream(&store, "s", 60, 0);
+    drop(store);
+    let store = open(&fs.crash(|_, _| 0));
+    check_stream(&store, "s", 60, 0);
+}
+
+#[tokio::test]
+async fn a_delete_past_its_commit_point_is_gone_now_and_after_a_restart() {
+    for failing in ["sync", "remove"] {
+        let fs = filled().await;
+        let store = open(&fs);
+        match failing {
+            "sync" => fs.set_fail_sync(true),
+            _ => fs.set_fail_path(&stream_path("s"), Some(16)), // EBUSY
+        }
+        let result = store.delete("s");
+        assert!(
+            failing == "remove" || result.is_err(),
+            "a delete not known durable is not acknowledged"
+        );
+        fs.set_fail_sync(false);
+        fs.set_fail_path(&stream_path("s"), None);
+        assert!(
+            matches!(store.describe("s"), Err(StoreError::NotFound(_))),
+            "{failing}: gone now"
+        );
+        assert!(matches!(
+            store.append("s", payload("s", 0)),
+            Err(StoreError::NotFound(_))
+        ));
+        drop(store);
+        // weir restarts (no power cut): the delete is finished.
+        let store = open(&fs);
+        assert!(store.list().is_empty(), "{failing}: gone after a restart");
+        assert!(!fs.is_dir(&stream_path("s")), "{failing}: removal finished");
+        drop(store);
+        if failing == "remove" {
+            // The delete was acknowledged: it survives a power cut too.
+            assert!(open(&fs.crash(|_, _| 0)).list().is_empty());
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_stream_created_where_a_delete_was_not_finished_is_a_new_one() {
+    let fs = filled().await;
+    let store = open(&fs);
+    fs.set_fail_path(&stream_path("s"), Some(16));
+    store.delete("s").unwrap();
+    fs.set_fail_path(&stream_path("s"), None);
+    store.create(definition("s", false, 4096)).unwrap();
+    assert_eq!(append_confirmed(&store, "s", 2), [0, 1]);
+    store.sync_all().await;
+    drop(store);
+    for fs in [fs.clone(), fs.crash(|_, _| 0)] {
+        let store = open(&fs);
+        assert_eq!(store.list(), ["s"]);
+        check_stream(&store, "s", 1, 0);
+        assert_eq!(read_all(&store, "s").len(), 2, "none of the old messages");
+    }
+}
+
+#[tokio::test]
+async fn a_restart_syncs_what_the_crashed_process_had_written() {
+    let fs = SimulatedFs::new();
+    let store = open(&fs);
+    store.create(definition("s", false, 4096)).unwrap();
+    store.create(definition("big", false, 1 << 20)).unwrap();
+    // Several segments for "s", one for "big"; nothing synced by weir.
+    append_confirmed(&store, "s", 40);
+    append_confirmed(&store, "big", 5);
+    drop(store);
+    // weir crashes (its written bytes are in the OS) and starts again; the
+    // power is cut right after.
+    let store = open(&fs);
+    drop(store);
+    let store = open(&fs.crash(|_, _| 0));
+    check_stream(&store, "s", 39, 0);
+    check_stream(&store, "big", 4, 0);
+}
+
+#[tokio::test]
+async fn an_append_that_fills_a_segment_neither_syncs_nor_makes_a_file() {
+    let fs = SimulatedFs::new();
+    fs.set_defer_background(true);
+    let store = open(&fs);
+    store.create(definition("s", false, 1024)).unwrap();
+    // The spare is prepared off the append path.
+    assert!(fs.run_background() > 0);
+    let dir = stream_dir(&fs, "s");
+    let big = |seq: i64| Bytes::from(vec![seq as u8; 300]);
+    // Three records of 324 bytes fill a segment of 1024.
+    for seq in 0..3 {
+        let appended = store.append("s", big(seq)).unwrap();
+        store.confirm("s", appended.ticket).unwrap();
+    }
+    // The first segment was a spare too: its name and the next spare.
+    assert!(fs.run_background() > 0);
+    assert_eq!(segments(&fs, &dir).len(), 1);
+    let files = fs.files();
+    let syncs = fs.syncs();
+    let appended = store.append("s", big(3)).unwrap();
+    store.confirm("s", appended.ticket).unwrap();
+    assert_eq!(appended.sequence_number, 3);
+    assert_eq!(fs.syncs(), syncs, "the full segment's seal waits");
+    assert_eq!(fs.files(), files, "no file made: the spare was used");
+    assert_eq!(
+        segments(&fs, &dir).len(),
+        1,
+        "the new segment is not named yet"
+    );
+    let read = |store: &Store| {
+        read_all(store, "s")
+            .into_iter()
+            .map(|(seq, bytes)| (seq, bytes == big(seq)))
+            .collect::<Vec<_>>()
+    };
+    let all_there = (0..4).map(|seq| (seq, true)).collect::<Vec<_>>();
+    assert_eq!(read(&store), all_there, "all readable meanwhile");
+    // The seal, the new name and the next spare, off the append path.
+    assert!(fs.run_background() > 0);
+    assert!(fs.syncs() > syncs);
+    assert_eq!(segments(&fs, &dir).len(), 2);
+    assert_eq!(read(&store), all_there);
+    drop(store);
+    let after_cut = read(&open(&fs.crash(|_, _| 0)));
+    assert!(
+        after_cut.starts_with(&all_there[..3]),
+        "the sealed one is durable: {after_cut:?}"
+    );
+    assert!(after_cut.iter().all(|(_, intact)| *intact));
+}
+
+#[tokio::test]
+async fn a_sync_of_a_new_segment_names_it_after_syncing_the_one_before() {
+    let fs = SimulatedFs::new();
+    fs.set_defer_background(true);
+    let store = open(&fs);
+    store.create(definition("s", true, 1024)).unwrap();
+    fs.run_background();
+    for seq in 0..4 {
+        let appended = store
+            .append("s", Bytes::from(vec![seq as u8; 300]))
+            .unwrap();
+        store.confirm("s", appended.ticket).unwrap();
+    }
+    // Nothing ran in the background: the group-commit sync does the steps.
+    store.durable("s", 3).await.unwrap();
+    drop(store);
+    let store = open(&fs.crash(|_, _| 0));
+    let seqs: Vec<i64> = read_all(&store, "s").into_iter().map(|(s, _)| s).collect();
+    assert_eq!(seqs, [0, 1, 2, 3]);
+}
+
+#[tokio::test]
+async fn steps_left_by_a_deleted_stream_never_touch_a_new_one_of_its_name() {
+    let fs = SimulatedFs::new();
+    fs.set_defer_background(true);
+    let store = open(&fs);
+    store.create(definition("s", false, 1024)).unwrap();
+    fs.run_background();
+    for seq in 0..4 {
+        let appended = store
+            .append("s", Bytes::from(vec![seq as u8; 300]))
+            .unwrap();
+        store.confirm("s", appended.ticket).unwrap();
+        if seq == 2 {
+            fs.run_background();
+        }
+    }
+    // The fourth append switched segments: a seal, a rename and a spare
+    // wait; the stream goes, and a new one of the same name gets the same
+    // folder.
+    store.delete("s").unwrap();
+    store.create(definition("s", false, 1024)).unwrap();
+    let fresh: Vec<PathBuf> = fs.files();
+    fs.run_background();
+    let dir = stream_dir(&fs, "s");
+    let mine: Vec<PathBuf> = fs
+        .files()
+        .into_iter()
+        .filter(|p| p.starts_with(&dir))
+        .collect();
+    let fresh: Vec<PathBuf> = fresh.into_iter().filter(|p| p.starts_with(&dir)).collect();
+    assert!(
+        mine.iter()
+            .all(|p| fresh.contains(p) || p.ends_with("next.spare")),
+        "{mine:?} beyond {fresh:?}"
+    );
+    assert_eq!(append_confirmed(&store, "s", 2), [0, 1]);
+    store.sync_all().await;
+    drop(store);
+    let store = open(&fs.crash(|_, _| 0));
+    check_stream(&store, "s", 1, 0);
+    assert_eq!(read_all(&store, "s").len(), 2);
+}
+
+/// The real file system with real blocking threads: segment switches whose
+/// steps run beside the appends, a delete and a create of the same name
+/// while steps may still run, and a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_real_disk_segment_steps_run_beside_appends_and_deletes() {
+    let root = tempfile::tempdir().unwrap();
+    let open_real = || {
+        Store::open(
+            Arc::new(weir::store::fs::StdFs),
+            root.path(),
+            Arc::new(ManualClock::new(T0)),
+            StoreLimits {
+                max_read_bytes: 1 << 24,
+            },
+        )
+        .unwrap()
+    };
+    let store = open_real();
+    for round in 0..3 {
+        store.create(definition("s", round % 2 == 0, 1024)).unwrap();
+        store.create(definition("keep", false, 1024)).ok();
+        for seq in 0..120 {
+            for name in ["s", "keep"] {
+                let next = if name == "s" {
+                    seq
+                } else {
+                    next_seq(&store, name)
+                };
+                let appended = store.append(name, payload(name, next)).unwrap();
+                store.confirm(name, appended.ticket).unwrap();
+                if seq % 10 == 0 {
+                    store.durable(name, appended.sequence_number).await.unwrap();
+                }
+            }
+        }
+        check_stream(&store, "s", 119, round);
+        if round < 2 {
+            // Steps of the deleted stream may still be queued or running.
+            store.delete("s").unwrap();
+        }
+    }
+    store.sync_all().await;
+    check_stream(&store, "keep", 359, 0);
+    drop(store);
+    let store = open_real();
+    check_stream(&store, "s", 119, 0);
+    check_stream(&store, "keep", 359, 0);
+    assert_eq!(read_all(&store, "s").len(), 120);
 }

@@ -1,6 +1,7 @@
 //! Where `File` streams live: one folder per stream under
 //! `<store root>/streams/`, holding `stream.cbor` (the definition) and the
-//! stream's segment files.
+//! file log's files (segments, their indexes, the sequence floor; see
+//! [`super::file::format`]).
 //!
 //! Folder names encode stream names reversibly: ASCII letters, digits, `_`
 //! and `-` stay, every other byte of the UTF-8 name becomes `%XX` (so
@@ -9,18 +10,27 @@
 //! checksum of the name; `stream.cbor` always holds the full name.
 //!
 //! `stream.cbor` is written atomically (temp file, fsync, rename, fsync of
-//! the folder) and ends with a CRC32C of its CBOR body. Deleting a stream
-//! first renames it to `stream.deleted` (durably), so a crash half-way
-//! through removing the folder finishes the deletion at the next start
-//! instead of resurrecting a stream.
+//! the folder) and ends with a CRC32C of its CBOR body.
+//!
+//! Deleting a stream is all or nothing. Its commit point is the rename of
+//! `stream.cbor` to `stream.deleted` ([`StreamFolders::mark_deleted`]): if
+//! that fails, nothing changed; once it succeeded the stream is gone, from
+//! the registry at once and from disk at the latest at the next start
+//! ([`StreamFolders::finish_delete`] syncs the folder, making the mark
+//! durable, then removes it; a folder with the mark is removed at start-up
+//! or when a stream of the same name is created). A folder, created,
+//! removed or moved, is made durable by syncing its parent.
 
+use super::file::background::Gate;
+use super::file::recovery::{RecoveryMode, Remedy};
 use super::file::{FileLog, OpenReport};
 use super::fs::{self, FileSystem};
-use super::log::StorageError;
+use super::log::{IoContext, StorageError, StorageOp};
 use crate::protocol::cbor::{self, MapReader, Writer};
 use crate::protocol::model::MessageStreamDefinition;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 const DEFINITION_FILE: &str = "stream.cbor";
 const DELETED_FILE: &str = "stream.deleted";
@@ -29,6 +39,10 @@ const META_VERSION: i64 = 1;
 pub struct StreamFolders {
     fs: Arc<dyn FileSystem>,
     root: PathBuf,
+    /// Each live stream folder's gate, closed before the folder is removed
+    /// so no background step of its log touches it (or a later folder at
+    /// the same path) again.
+    gates: Mutex<HashMap<PathBuf, Arc<Gate>>>,
 }
 
 /// A stream found at start-up.
@@ -114,18 +128,25 @@ fn decode_definition(bytes: &[u8]) -> Result<MessageStreamDefinition, String> {
 
 impl StreamFolders {
     pub fn new(fs: Arc<dyn FileSystem>, store_root: &Path) -> Result<Self, StorageError> {
+        let op = StorageOp::OpenStore;
         let root = store_root.join("streams");
-        fs.create_dir_all(&root)?;
+        fs.create_dir_all(&root).during(op)?;
         // The folders themselves must survive a power cut too, or a fresh
         // store could lose every stream created in it: make each level's
-        // entry durable in its parent (once, at start-up).
+        // entry durable in its parent (once, at start-up), and the stream
+        // folders a crashed process made durable in `streams/`.
         let parent = match store_root.parent() {
             Some(p) if !p.as_os_str().is_empty() => p,
             _ => Path::new("."),
         };
-        fs.sync_dir(store_root)?;
-        fs.sync_dir(parent)?;
-        Ok(StreamFolders { fs, root })
+        fs.sync_dir(&root).syncing(op)?;
+        fs.sync_dir(store_root).syncing(op)?;
+        fs.sync_dir(parent).syncing(op)?;
+        Ok(StreamFolders {
+            fs,
+            root,
+            gates: Mutex::default(),
+        })
     }
 
     pub fn fs(&self) -> &Arc<dyn FileSystem> {
@@ -138,31 +159,38 @@ impl StreamFolders {
 
     /// Makes the folder and durable definition of a new stream.
     pub fn create(&self, def: &MessageStreamDefinition) -> Result<FileLog, StorageError> {
+        let op = StorageOp::CreateStream;
         let dir = self.dir(&def.name);
         if self.fs.is_dir(&dir) {
             self.clear_leftover(&dir, &def.name)?;
         }
-        self.fs.create_dir_all(&dir)?;
-        let made = self
-            .save_definition(def)
-            .and_then(|()| self.fs.sync_dir(&self.root).map_err(StorageError::from));
-        if let Err(e) = made {
+        self.fs.create_dir_all(&dir).during(op)?;
+        let made = self.save_definition(def).and_then(|()| {
+            let log = FileLog::create(Arc::clone(&self.fs), dir.clone())?;
+            self.fs.sync_dir(&self.root).syncing(op)?;
+            self.register(&dir, log.gate());
+            Ok(log)
+        });
+        if made.is_err() {
             // No definition, no stream: leave no half-made folder behind (a
             // full disk would otherwise leave one per attempt).
             if let Err(cleanup) = self.fs.remove_dir_all(&dir) {
                 tracing::warn!(folder = %dir.display(), error = %cleanup, "could not remove a half-made stream folder");
             }
-            return Err(e);
         }
-        Ok(FileLog::create(Arc::clone(&self.fs), dir))
+        made
     }
 
-    /// A folder under a new stream's name was left by a stream that could
-    /// not be loaded (or by a create that failed): an empty one is removed,
-    /// anything else is kept aside rather than mixed into the new stream.
+    /// A folder under a new stream's name was left by a delete not yet
+    /// finished, by a stream that could not be loaded, or by a create that
+    /// failed: a deleted or empty one is removed, anything else is kept
+    /// aside rather than mixed into the new stream.
     fn clear_leftover(&self, dir: &Path, name: &str) -> Result<(), StorageError> {
-        if self.fs.list(dir)?.is_empty() {
-            self.fs.remove_dir_all(dir)?;
+        let op = StorageOp::CreateStream;
+        let names = self.fs.list(dir).during(op)?;
+        if names.is_empty() || names.iter().any(|n| n == DELETED_FILE) {
+            // Durable with the new folder's entry (the create syncs the root).
+            self.fs.remove_dir_all(dir).during(op)?;
             return Ok(());
         }
         let aside = (1..)
@@ -173,24 +201,50 @@ impl StreamFolders {
             .find(|aside| !self.fs.is_dir(aside))
             .expect("some suffix is free");
         tracing::warn!(from = %dir.display(), to = %aside.display(), "moving an unloadable stream folder aside");
-        self.fs.rename(dir, &aside)?;
-        Ok(())
+        self.fs.rename(dir, &aside).during(op)?;
+        self.fs.sync_dir(&self.root).syncing(op)
     }
 
     /// Replaces a stream's stored definition atomically.
     pub fn save_definition(&self, def: &MessageStreamDefinition) -> Result<(), StorageError> {
         let path = self.dir(&def.name).join(DEFINITION_FILE);
-        fs::write_atomically(&*self.fs, &path, &encode_definition(def))?;
-        Ok(())
+        fs::write_atomically(
+            &*self.fs,
+            &path,
+            &encode_definition(def),
+            StorageOp::WriteDefinition,
+        )
     }
 
-    pub fn delete(&self, name: &str) -> Result<(), StorageError> {
+    /// The commit point of a delete: if this fails, the stream is as it
+    /// was; once it succeeded, the stream is gone (the caller forgets it
+    /// whatever [`StreamFolders::finish_delete`] then says).
+    pub fn mark_deleted(&self, name: &str) -> Result<(), StorageError> {
         let dir = self.dir(name);
         self.fs
-            .rename(&dir.join(DEFINITION_FILE), &dir.join(DELETED_FILE))?;
-        self.fs.sync_dir(&dir)?;
-        self.fs.remove_dir_all(&dir)?;
-        Ok(())
+            .rename(&dir.join(DEFINITION_FILE), &dir.join(DELETED_FILE))
+            .during(StorageOp::DeleteStream)
+    }
+
+    /// After [`StreamFolders::mark_deleted`], with no more writes to the
+    /// stream: makes the mark durable, then removes the folder. `Err` only
+    /// if the mark may not survive a power cut (the delete is then not
+    /// known durable); a removal that fails is finished at the next start
+    /// or by a create of the same name.
+    pub fn finish_delete(&self, name: &str) -> Result<(), StorageError> {
+        let op = StorageOp::DeleteStream;
+        let dir = self.dir(name);
+        let gate = self.gates.lock().expect("gates lock").remove(&dir);
+        if let Some(gate) = gate {
+            gate.close();
+        }
+        let marked = self.fs.sync_dir(&dir).syncing(op);
+        // Not synced: until the root is, a power cut brings the folder back
+        // with its mark, and start-up removes it again.
+        if let Err(e) = self.fs.remove_dir_all(&dir) {
+            tracing::warn!(folder = %dir.display(), error = %e, "a deleted stream's folder is removed at the next start");
+        }
+        marked
     }
 
     /// Every stream that can be loaded. A folder that cannot is reported and
@@ -220,10 +274,19 @@ impl StreamFolders {
         loaded
     }
 
+    fn register(&self, dir: &Path, gate: Arc<Gate>) {
+        self.gates
+            .lock()
+            .expect("gates lock")
+            .insert(dir.to_owned(), gate);
+    }
+
     fn load(&self, dir: &Path) -> Result<Option<LoadedStream>, String> {
         let names = self.fs.list(dir).map_err(|e| e.to_string())?;
         if names.iter().any(|n| n == DELETED_FILE) {
             tracing::info!(folder = %dir.display(), "finishing an interrupted delete");
+            // Durable at the next sync of the root; until then a power cut
+            // only brings back the mark, and this runs again.
             self.fs.remove_dir_all(dir).map_err(|e| e.to_string())?;
             return Ok(None);
         }
@@ -237,10 +300,25 @@ impl StreamFolders {
                 definition.name
             ));
         }
-        let (log, report) =
-            FileLog::open(Arc::clone(&self.fs), dir.to_owned()).map_err(|e| e.to_string())?;
-        for (file, why) in &report.skipped {
-            tracing::error!(stream = %definition.name, file, why, "file skipped");
+        let (log, report) = FileLog::open(
+            Arc::clone(&self.fs),
+            dir.to_owned(),
+            RecoveryMode::default(),
+        )
+        .map_err(|e| e.to_string())?;
+        self.register(dir, log.gate());
+        for finding in &report.findings {
+            let (file, damage, remedy) = (&finding.file, &finding.damage, finding.remedy);
+            match remedy {
+                // Data that cannot be served.
+                Remedy::MarkDamaged | Remedy::Skip | Remedy::Refuse => {
+                    tracing::error!(stream = %definition.name, file, ?damage, ?remedy, "recovery found damage")
+                }
+                // What a crash or another program leaves.
+                Remedy::Cut | Remedy::Seal | Remedy::Adopt | Remedy::Remove | Remedy::Leave => {
+                    tracing::info!(stream = %definition.name, file, ?damage, ?remedy, "recovery repaired or left a file")
+                }
+            }
         }
         Ok(Some(LoadedStream {
             definition,
@@ -276,6 +354,44 @@ mod tests {
         let folder = encode_name(&long);
         assert!(folder.len() <= 200, "{}", folder.len());
         assert_ne!(encode_name(&"ä".repeat(254)), folder);
+    }
+
+    #[test]
+    fn failed_fsyncs_of_folder_steps_stop_writes_and_say_which_step() {
+        use crate::store::simfs::SimulatedFs;
+        #[track_caller]
+        fn assert_failed_sync<T>(result: Result<T, StorageError>, expected: StorageOp) {
+            match result {
+                Err(e @ StorageError::Sync { .. }) => {
+                    assert!(e.stops_writes());
+                    let StorageError::Sync { op, source } = e else {
+                        unreachable!()
+                    };
+                    assert_eq!((op, source.raw_os_error()), (expected, Some(5)));
+                }
+                Err(e) => panic!("not a failed sync: {e:?}"),
+                Ok(_) => panic!("did not fail"),
+            }
+        }
+        let sim = SimulatedFs::new();
+        let fs: Arc<dyn FileSystem> = Arc::new(sim.clone());
+        let root = Path::new("/store");
+        sim.set_fail_sync(true);
+        assert_failed_sync(
+            StreamFolders::new(Arc::clone(&fs), root),
+            StorageOp::OpenStore,
+        );
+        sim.set_fail_sync(false);
+        let folders = StreamFolders::new(fs, root).unwrap();
+        let def = MessageStreamDefinition::with_defaults("s".into());
+        sim.set_fail_sync(true);
+        assert_failed_sync(folders.create(&def), StorageOp::WriteDefinition);
+        sim.set_fail_sync(false);
+        folders.create(&def).unwrap();
+        sim.set_fail_sync(true);
+        assert_failed_sync(folders.save_definition(&def), StorageOp::WriteDefinition);
+        folders.mark_deleted("s").unwrap();
+        assert_failed_sync(folders.finish_delete("s"), StorageOp::DeleteStream);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! keeps what has been synced apart from what has only been written, so tests
 //! can cut the power at any point, and can fail writes and syncs on demand.
 
+use super::log::{IoContext, StorageError, StorageOp};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -22,6 +23,15 @@ pub trait FileSystem: Send + Sync + 'static {
     /// Makes the folder's entries (created, renamed, removed files) durable.
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
     fn is_dir(&self, path: &Path) -> bool;
+    /// Runs `job` off the calling thread when it can (on a blocking thread
+    /// of the tokio runtime), else at once. The job keeps its own outcome.
+    fn run_blocking(&self, job: Box<dyn FnOnce() + Send>) {
+        match tokio::runtime::Handle::try_current() {
+            // The handle is not awaited: the job reports through its step.
+            Ok(runtime) => drop(runtime.spawn_blocking(job)),
+            Err(_) => job(),
+        }
+    }
 }
 
 pub trait FileHandle: Send + Sync {
@@ -58,20 +68,27 @@ pub fn read_file(fs: &dyn FileSystem, path: &Path) -> io::Result<Vec<u8>> {
 }
 
 /// Replaces `path` with `bytes` so that a crash leaves either the old or the
-/// new content: temp file, fsync, rename, fsync of the folder.
-pub fn write_atomically(fs: &dyn FileSystem, path: &Path, bytes: &[u8]) -> io::Result<()> {
+/// new content: temp file, fsync, rename, fsync of the folder. Errors are
+/// `op`'s, and a failed fsync is a [`StorageError::Sync`].
+pub fn write_atomically(
+    fs: &dyn FileSystem,
+    path: &Path,
+    bytes: &[u8],
+    op: StorageOp,
+) -> Result<(), StorageError> {
     let dir = path
         .parent()
-        .ok_or_else(|| io::Error::other("a file path has a folder"))?;
+        .ok_or_else(|| io::Error::other("a file path has a folder"))
+        .during(op)?;
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
-    let file = fs.create(&tmp)?;
-    file.write_all_at(bytes, 0)?;
-    file.sync_data()?;
+    let file = fs.create(&tmp).during(op)?;
+    file.write_all_at(bytes, 0).during(op)?;
+    file.sync_data().syncing(op)?;
     drop(file);
-    fs.rename(&tmp, path)?;
-    fs.sync_dir(dir)
+    fs.rename(&tmp, path).during(op)?;
+    fs.sync_dir(dir).syncing(op)
 }
 
 /// The real file system.

@@ -52,25 +52,122 @@ pub struct SegmentInfo {
     pub sealed: bool,
 }
 
-/// A storage failure below the stream layer.
+/// The storage operation a failure happened in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StorageOp {
+    /// Preparing the store's folders at start-up.
+    OpenStore,
+    /// Making a new stream's folder and definition.
+    CreateStream,
+    /// Writing a stream's definition (`stream.cbor`).
+    WriteDefinition,
+    /// Deleting a stream's folder.
+    DeleteStream,
+    /// Reading a stream's folder at start-up.
+    LoadStream,
+    /// Recovering a segment at start-up.
+    RecoverSegment,
+    /// Making a new segment file.
+    CreateSegment,
+    /// Writing appended records.
+    WriteRecords,
+    /// Syncing a segment and writing its sealed index.
+    SealSegment,
+    /// Removing a segment (retention).
+    RemoveSegment,
+    /// Reading a segment's records.
+    ReadSegment,
+    /// Writing the sequence floor (the durable lower bound of the next
+    /// sequence number).
+    WriteFloor,
+}
+
+impl std::fmt::Display for StorageOp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            StorageOp::OpenStore => "opening the store",
+            StorageOp::CreateStream => "creating the stream",
+            StorageOp::WriteDefinition => "writing the stream definition",
+            StorageOp::DeleteStream => "deleting the stream",
+            StorageOp::LoadStream => "loading the stream",
+            StorageOp::RecoverSegment => "recovering a segment",
+            StorageOp::CreateSegment => "creating a segment",
+            StorageOp::WriteRecords => "writing messages",
+            StorageOp::SealSegment => "sealing a segment",
+            StorageOp::RemoveSegment => "removing a segment",
+            StorageOp::ReadSegment => "reading a segment",
+            StorageOp::WriteFloor => "writing the sequence floor",
+        })
+    }
+}
+
+/// A storage failure below the stream layer. I/O failures keep their
+/// `io::Error` (and so its kind) and say which operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
-    #[error("I/O error: {0}")]
-    Io(#[from] std::io::Error),
+    #[error("{op}: {source}")]
+    Io {
+        op: StorageOp,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("corrupt data: {0}")]
     Corrupt(String),
-    /// A failed fsync: after one, the page cache can no longer be trusted to
-    /// hold what was written (fsyncgate), so the stream stops taking writes.
-    #[error("fsync failed: {0}")]
-    Sync(std::io::Error),
+    /// A failed fsync (`sync_data` of a file or `sync_dir` of a folder):
+    /// after one, the page cache can no longer be trusted to hold what was
+    /// written (fsyncgate).
+    #[error("{op}: fsync failed: {source}")]
+    Sync {
+        op: StorageOp,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A write failed and cutting the file back to before it failed too,
+    /// so the file may end in a partial record.
+    #[error("{op}: {write}; cutting back the partial write failed too: {cut}")]
+    CutBack {
+        op: StorageOp,
+        write: std::io::Error,
+        cut: std::io::Error,
+    },
 }
 
 impl StorageError {
     /// Whether this failure means the stream's files can no longer be
     /// trusted to hold what was written (a failed fsync of its data or of
-    /// its folder), so the stream must stop taking writes.
+    /// its folder, or a partial write that could not be cut back), so the
+    /// stream must stop taking writes.
     pub fn stops_writes(&self) -> bool {
-        matches!(self, StorageError::Sync(_))
+        matches!(
+            self,
+            StorageError::Sync { .. } | StorageError::CutBack { .. }
+        )
+    }
+
+    /// The `io::Error` underneath, if any.
+    pub fn io_error(&self) -> Option<&std::io::Error> {
+        match self {
+            StorageError::Io { source, .. } | StorageError::Sync { source, .. } => Some(source),
+            StorageError::CutBack { write, .. } => Some(write),
+            StorageError::Corrupt(_) => None,
+        }
+    }
+}
+
+/// Names the operation an `io::Result` belongs to.
+pub trait IoContext<T> {
+    /// A failure of `op` other than an fsync.
+    fn during(self, op: StorageOp) -> Result<T, StorageError>;
+    /// A failed fsync (`sync_data`, `sync_dir`) of `op`.
+    fn syncing(self, op: StorageOp) -> Result<T, StorageError>;
+}
+
+impl<T> IoContext<T> for std::io::Result<T> {
+    fn during(self, op: StorageOp) -> Result<T, StorageError> {
+        self.map_err(|source| StorageError::Io { op, source })
+    }
+    fn syncing(self, op: StorageOp) -> Result<T, StorageError> {
+        self.map_err(|source| StorageError::Sync { op, source })
     }
 }
 

@@ -106,7 +106,8 @@ impl SegmentLog for MemoryLog {
             let start = usize::try_from(from - segment.info.first_sequence_number).unwrap_or(0);
             for message in segment.messages.iter().skip(start) {
                 let cost = limits.cost(message.payload.len());
-                if out.len() == limits.max_count || (!out.is_empty() && bytes + cost > limits.max_bytes)
+                if out.len() == limits.max_count
+                    || (!out.is_empty() && bytes + cost > limits.max_bytes)
                 {
                     return Ok(out);
                 }

@@ -167,12 +167,18 @@ impl Store {
         let stream = streams
             .get(name)
             .ok_or_else(|| StoreError::NotFound(name.to_owned()))?;
-        if let (Some(disk), true) = (&self.disk, stream.is_on_disk()) {
-            disk.delete(name).map_err(StoreError::Write)?;
+        let disk = self.disk.as_ref().filter(|_| stream.is_on_disk());
+        if let Some(disk) = disk {
+            // The commit point: from here on the stream is gone, whatever
+            // the steps after it say (see `disk::StreamFolders`).
+            disk.mark_deleted(name).map_err(StoreError::Write)?;
         }
         let stream = streams.remove(name).expect("looked up above");
         stream.delete();
-        Ok(())
+        match disk {
+            Some(disk) => disk.finish_delete(name).map_err(StoreError::Write),
+            None => Ok(()),
+        }
     }
 
     /// Appends; the message may wait in memory with others of its stream.

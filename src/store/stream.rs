@@ -183,7 +183,7 @@ impl Stream {
         }
         let result = self.append_locked(&mut state, payload, now_millis);
         match &result {
-            Err(StoreError::Write(StorageError::Sync(e))) => {
+            Err(StoreError::Write(e)) if e.stops_writes() => {
                 state.writes_stopped = Some(e.to_string())
             }
             // Opening or sealing a segment failed (a full disk): logged once
@@ -494,7 +494,7 @@ impl StreamState {
                 if !std::mem::replace(&mut self.tickets.failing, true) {
                     tracing::warn!(stream = %self.definition.name, error = %reason, "appends fail: they are refused until writing works again");
                 }
-                if let StorageError::Sync(_) = e {
+                if e.stops_writes() {
                     self.writes_stopped = Some(reason.clone());
                 }
                 if let Some(from) = from {

@@ -10,7 +10,21 @@
 //!   entries  28 B each: seq i64 | offset u64 | ingest_time i64 | crc32c u32 of the 24 bytes before
 //!   footer   48 B, only once the segment is sealed:
 //!            magic "WEIRIDX1" | next_seq i64 | bytes u64 | newest_ingest_time i64 | entries u64 | crc32c u32 of everything before | pad u32
+//!
+//! spare segment   next.spare   (a segment file prepared in advance)
+//!   as a segment file; its header says first_seq -1 until an append
+//!   switches to it, writing its first_seq (see [`super::background`])
+//!
+//! sequence floor  sequence.floor   (written atomically)
+//!   20 B  magic "WEIRFLR1" | floor i64 | crc32c u32 of the 16 bytes before
 //! ```
+//!
+//! The sequence floor is a lease on sequence numbers: no number at or above
+//! it has been given out. It lives outside the segment files so that a
+//! damaged or unreadable newest segment cannot take the next sequence number
+//! away with it: recovery continues at the floor after such a segment
+//! (see [`super::recovery`]). An append that reaches the floor first moves
+//! it [`FLOOR_LEASE`] numbers further (a rare atomic write).
 //!
 //! Sequence numbers are consecutive within a segment, so a record whose seq
 //! is not the expected one is as invalid as one whose checksum fails.
@@ -28,6 +42,36 @@ pub const INDEX_FOOTER_LEN: usize = 48;
 pub const INDEX_INTERVAL: u64 = 4096;
 /// Largest payload a record may declare (the protocol's frame limit).
 pub const MAX_PAYLOAD: u32 = 1 << 30;
+
+pub const SPARE_FILE: &str = "next.spare";
+/// The first sequence number in the header of a spare nobody switched to.
+pub const UNUSED_SPARE: i64 = -1;
+pub const FLOOR_MAGIC: &[u8; 8] = b"WEIRFLR1";
+pub const FLOOR_FILE: &str = "sequence.floor";
+pub const FLOOR_LEN: usize = 20;
+/// How many sequence numbers one write of the floor leases: numbers skipped
+/// after a lost newest segment, and appends per floor write.
+pub const FLOOR_LEASE: i64 = 1 << 20;
+
+pub fn encode_floor(floor: i64) -> [u8; FLOOR_LEN] {
+    let mut b = [0u8; FLOOR_LEN];
+    b[..8].copy_from_slice(FLOOR_MAGIC);
+    b[8..16].copy_from_slice(&floor.to_le_bytes());
+    let crc = crc32c::crc32c(&b[..16]);
+    b[16..].copy_from_slice(&crc.to_le_bytes());
+    b
+}
+
+/// The floor a floor file records, or why it does not.
+pub fn decode_floor(b: &[u8]) -> Result<i64, String> {
+    if b.len() != FLOOR_LEN || &b[..8] != FLOOR_MAGIC {
+        return Err("not a weir sequence floor".into());
+    }
+    if crc32c::crc32c(&b[..16]) != u32_at(b, 16) {
+        return Err("sequence floor checksum mismatch".into());
+    }
+    Ok(i64_at(b, 8))
+}
 
 pub fn segment_name(first_seq: i64) -> String {
     format!("{first_seq:020}.seg")
@@ -279,5 +323,11 @@ mod tests {
         assert_eq!(decode_active_index(&active), entries);
         assert_eq!(parse_name(&segment_name(42)), Some((42, "seg")));
         assert_eq!(parse_name("00000000000000000042.seg.tmp"), None);
+        let floor = encode_floor(1 << 40);
+        assert_eq!(decode_floor(&floor), Ok(1 << 40));
+        let mut bad = floor;
+        bad[9] ^= 4;
+        assert!(decode_floor(&bad).is_err());
+        assert!(decode_floor(&floor[..19]).is_err());
     }
 }

@@ -1,12 +1,14 @@
 //! One segment file and its sparse index.
 
+use super::background::{Gate, Step};
 use super::format::{
     self, IndexEntry, RecordHeader, SealedSummary, INDEX_ENTRY_LEN, INDEX_INTERVAL, MAX_PAYLOAD,
     RECORD_HEADER_LEN, SEGMENT_HEADER_LEN,
 };
+use super::recovery::{Damage, Finding, RecoveryMode, Remedy};
 use crate::protocol::model::Message;
 use crate::store::fs::{self, FileHandle, FileSystem};
-use crate::store::log::{ReadLimits, SegmentInfo, StorageError};
+use crate::store::log::{IoContext, ReadLimits, SegmentInfo, StorageError, StorageOp};
 use bytes::Bytes;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -36,6 +38,12 @@ pub struct Segment {
     index_written: usize,
     /// The state before the first pending record, restored if writing fails.
     undo: Option<Undo>,
+    /// The seal (fsync, sealed index) running off the append path; the
+    /// file stays open for reads until it is done.
+    seal_step: Option<Arc<Step>>,
+    /// For a segment switched to from a spare: the rename to its name and
+    /// the folder's sync, after the segment before it is synced.
+    name_step: Option<Arc<Step>>,
 }
 
 #[derive(Clone, Copy)]
@@ -53,20 +61,30 @@ impl Segment {
     /// Creates an empty active segment whose first record will be
     /// `first_seq`. The header is synced and the folder entry made durable
     /// before this returns, so a segment file that exists is a valid one.
+    /// A file already there under the segment's name (one recovery could
+    /// not read) is never replaced: that fails.
     pub fn create(
         fs: &dyn FileSystem,
         dir: &Path,
         first_seq: i64,
         now_millis: i64,
     ) -> Result<Segment, StorageError> {
+        let op = StorageOp::CreateSegment;
         let path = dir.join(format::segment_name(first_seq));
         let index_path = dir.join(format::index_name(first_seq));
+        match fs.open(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Ok(_) => {
+                return Err(std::io::Error::from(std::io::ErrorKind::AlreadyExists)).during(op)
+            }
+            Err(e) => return Err(e).during(op),
+        }
         // Header written under a temporary name and renamed: a segment file
         // never exists without a whole, synced header (a full disk cannot
         // leave an empty one behind).
-        fs::write_atomically(fs, &path, &format::encode_segment_header(first_seq))?;
-        let file = fs.open(&path)?;
-        let index_file = fs.create(&index_path)?;
+        fs::write_atomically(fs, &path, &format::encode_segment_header(first_seq), op)?;
+        let file = fs.open(&path).during(op)?;
+        let index_file = fs.create(&index_path).during(op)?;
         let info = SegmentInfo {
             first_sequence_number: first_seq,
             next_sequence_number: first_seq,
@@ -108,15 +126,88 @@ impl Segment {
             damaged,
             pending: Vec::new(),
             undo: None,
+            seal_step: None,
+            name_step: None,
         }
     }
 
-    pub fn sync_target(&self) -> Arc<dyn FileHandle> {
-        Arc::clone(
+    /// An empty active segment in a spare file whose header already says
+    /// `info.first_sequence_number`; `name_step` gives it its name.
+    pub fn from_spare(
+        info: SegmentInfo,
+        path: PathBuf,
+        file: Arc<dyn FileHandle>,
+        name_step: Arc<Step>,
+    ) -> Segment {
+        let mut segment = Segment::with_written(info, path, file, None, Vec::new(), Vec::new());
+        segment.name_step = Some(name_step);
+        segment
+    }
+
+    /// Closes the segment to appends and returns its seal as a step to run
+    /// off the append path (`None` if it is sealed already). Until the
+    /// step is done the segment is read through its open file.
+    pub fn begin_seal(
+        &mut self,
+        fs: Arc<dyn FileSystem>,
+        gate: Arc<Gate>,
+    ) -> Result<Option<Arc<Step>>, StorageError> {
+        if self.info.sealed {
+            return Ok(None);
+        }
+        self.flush()?;
+        let file = Arc::clone(
             self.file
                 .as_ref()
-                .expect("only the open, active segment is synced"),
-        )
+                .expect("an active segment has its file open"),
+        );
+        let summary = SealedSummary {
+            next_seq: self.info.next_sequence_number,
+            bytes: self.info.bytes,
+            newest_ingest_time: self.info.newest_ingest_time,
+        };
+        let index = format::encode_sealed_index(&self.index, summary);
+        let index_path = self.index_path.clone();
+        let step = Step::new(Box::new(move || {
+            let op = StorageOp::SealSegment;
+            let Some(_folder) = gate.enter() else {
+                return Ok(()); // the stream is deleted
+            };
+            file.sync_data().syncing(op)?;
+            fs::write_atomically(&*fs, &index_path, &index, op)
+        }));
+        self.info.sealed = true;
+        self.index_file = None;
+        self.pending = Vec::new();
+        self.seal_step = Some(Arc::clone(&step));
+        Ok(Some(step))
+    }
+
+    /// Steps of this segment not known done, in the order they must run.
+    pub fn steps(&self) -> impl Iterator<Item = &Arc<Step>> {
+        self.name_step
+            .iter()
+            .chain(self.seal_step.iter())
+            .filter(|s| s.outcome().is_none())
+    }
+
+    /// Takes in what finished steps did; a failed step's error.
+    pub fn settle(&mut self) -> Result<(), StorageError> {
+        if let Some(outcome) = self.name_step.as_ref().and_then(|s| s.outcome()) {
+            outcome?;
+            self.name_step = None;
+        }
+        if let Some(outcome) = self.seal_step.as_ref().and_then(|s| s.outcome()) {
+            outcome?;
+            self.seal_step = None;
+            // Sealed: reads open the file each time.
+            self.file = None;
+        }
+        Ok(())
+    }
+
+    pub fn sync_target(&self) -> Arc<dyn FileHandle> {
+        Arc::clone(self.file.as_ref().expect("only an open segment is synced"))
     }
 
     /// Adds one record after the others. Nothing is written until
@@ -175,11 +266,13 @@ impl Segment {
             if let Err(cut) = file.set_len(offset) {
                 // The file may now end in a partial record; recovery would
                 // cut it, but this process cannot trust the file any more.
-                return Err(StorageError::Sync(std::io::Error::other(format!(
-                    "{e}; cutting back the partial write failed too: {cut}"
-                ))));
+                return Err(StorageError::CutBack {
+                    op: StorageOp::WriteRecords,
+                    write: e,
+                    cut,
+                });
             }
-            return Err(e.into());
+            return Err(e).during(StorageOp::WriteRecords);
         }
         self.written += self.pending.len() as u64;
         self.pending.clear();
@@ -213,8 +306,9 @@ impl Segment {
             return Ok(());
         }
         self.flush()?;
+        let op = StorageOp::SealSegment;
         if let Some(file) = &self.file {
-            file.sync_data().map_err(StorageError::Sync)?;
+            file.sync_data().syncing(op)?;
         }
         let summary = SealedSummary {
             next_seq: self.info.next_sequence_number,
@@ -225,6 +319,7 @@ impl Segment {
             fs,
             &self.index_path,
             &format::encode_sealed_index(&self.index, summary),
+            op,
         )?;
         self.index_file = None;
         self.file = None;
@@ -234,15 +329,16 @@ impl Segment {
         Ok(())
     }
 
+    /// Removes the segment's files; the caller syncs the folder.
     pub fn remove(self, fs: &dyn FileSystem) -> Result<(), StorageError> {
+        let op = StorageOp::RemoveSegment;
         // Index first: a segment without its index is rebuilt, an index
         // without its segment would be an orphan.
         match fs.remove_file(&self.index_path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e).during(op),
             _ => {}
         }
-        fs.remove_file(&self.path)?;
-        Ok(())
+        fs.remove_file(&self.path).during(op)
     }
 
     /// Reads from `from` (inside this segment) into `out` until `limits`
@@ -284,7 +380,7 @@ impl Segment {
         let file: &dyn FileHandle = match &self.file {
             Some(file) => &**file,
             None => {
-                opened = fs.open(&self.path)?;
+                opened = fs.open(&self.path).during(StorageOp::ReadSegment)?;
                 &*opened
             }
         };
@@ -369,7 +465,7 @@ impl<'f> Window<'f> {
                 return Ok(None);
             }
             let mut buf = vec![0u8; READ_WINDOW.max(len).min(available)];
-            if !fs::read_exact_at(self.file, &mut buf, offset)? {
+            if !fs::read_exact_at(self.file, &mut buf, offset).during(StorageOp::ReadSegment)? {
                 return Ok(None);
             }
             self.start = offset;
@@ -387,23 +483,52 @@ pub struct Recovered {
     pub truncated: u64,
 }
 
-/// Opens a segment at start-up. A sealed one is taken from its index footer
-/// (checked against the file's size) without reading its records; the
-/// active one, or one whose index is missing or damaged, is scanned from its
-/// last index entry that verifies. A torn tail is cut off only on the last
-/// (`is_last`) segment; anywhere else damage is recorded and reads of it
-/// fail, while the rest stays readable.
+/// Records a finding and says what to do about it; `Err` when the mode
+/// refuses the stream.
+pub(super) fn found(
+    mode: RecoveryMode,
+    findings: &mut Vec<Finding>,
+    path: &Path,
+    damage: Damage,
+) -> Result<Remedy, StorageError> {
+    let remedy = mode.remedy(&damage);
+    let file = path
+        .file_name()
+        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+    if remedy == Remedy::Refuse {
+        return Err(corrupt(
+            path,
+            format!("{damage:?}, which recovery mode {mode:?} refuses"),
+        ));
+    }
+    findings.push(Finding {
+        file,
+        damage,
+        remedy,
+    });
+    Ok(remedy)
+}
+
+/// Opens a segment at start-up, as [`super::recovery`] says. A sealed one is
+/// taken from its index footer (checked against the file's size) without
+/// reading its records; the active one, or one whose index is missing or
+/// damaged, is scanned from its last index entry that verifies. A torn tail
+/// is cut off only on the last (`is_last`) segment; anywhere else damage is
+/// recorded and reads of it fail, while the rest stays readable.
 pub fn recover(
     fs: &dyn FileSystem,
     dir: &Path,
     first_seq: i64,
     is_last: bool,
+    mode: RecoveryMode,
+    findings: &mut Vec<Finding>,
 ) -> Result<Recovered, StorageError> {
+    let op = StorageOp::RecoverSegment;
     let path = dir.join(format::segment_name(first_seq));
     let index_path = dir.join(format::index_name(first_seq));
-    let file = fs.open(&path)?;
+    let file = fs.open(&path).during(op)?;
     let mut head = [0u8; SEGMENT_HEADER_LEN as usize];
-    if !fs::read_exact_at(&*file, &mut head, 0)? {
+    if !fs::read_exact_at(&*file, &mut head, 0).during(op)? {
         return Err(corrupt(&path, "shorter than a segment header"));
     }
     let declared = format::decode_segment_header(&head).map_err(|e| corrupt(&path, e))?;
@@ -413,8 +538,17 @@ pub fn recover(
             format!("header says it starts at {declared}"),
         ));
     }
-    let file_len = file.size()?;
-    let index_bytes = fs::read_file(fs, &index_path).unwrap_or_default();
+    let file_len = file.size().during(op)?;
+    // A missing or unreadable index is rebuilt from the segment.
+    let index_bytes = match fs::read_file(fs, &index_path) {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(path = %index_path.display(), error = %e, "index unreadable; rescanning its segment");
+            }
+            Vec::new()
+        }
+    };
     if let Some((index, summary)) = format::decode_sealed_index(&index_bytes) {
         if SEGMENT_HEADER_LEN + summary.bytes == file_len {
             return Ok(Recovered {
@@ -501,23 +635,26 @@ pub fn recover(
         }
     }
     let truncated = file_len - offset;
-    if truncated > 0 {
-        if is_last {
-            tracing::warn!(path = %path.display(), bytes = truncated, "cutting a torn tail");
-            file.set_len(offset)?;
-            file.sync_data()?;
-        } else {
-            // A sealed segment whose end is unreadable: keep what verifies,
-            // and report the rest as damaged.
-            damaged.push((seq, seq + 1));
-        }
+    if truncated > 0 && !is_last {
+        // A sealed segment whose end is unreadable: keep what verifies,
+        // and report the rest as damaged.
+        damaged.push((seq, seq + 1));
+    }
+    for &(from, to) in &damaged {
+        found(mode, findings, &path, Damage::DamagedRecords { from, to })?;
+    }
+    if truncated > 0 && is_last {
+        found(mode, findings, &path, Damage::TornTail { bytes: truncated })?;
+        tracing::warn!(path = %path.display(), bytes = truncated, "cutting a torn tail");
+        file.set_len(offset).during(op)?;
+        file.sync_data().syncing(op)?;
     }
     let bytes = offset - SEGMENT_HEADER_LEN;
     let index_file = if is_last {
         // Rewrite the hint file from what was verified.
-        let f = fs.create(&index_path)?;
+        let f = fs.create(&index_path).during(op)?;
         let entries: Vec<u8> = index.iter().flat_map(IndexEntry::encode).collect();
-        f.write_all_at(&entries, 0)?;
+        f.write_all_at(&entries, 0).during(op)?;
         Some(f)
     } else {
         None
@@ -535,6 +672,7 @@ pub fn recover(
         // Not the last segment but never sealed (a crash between sealing
         // steps): seal it now (sync, footer) so the next start reads its
         // footer.
+        found(mode, findings, &segment.path, Damage::UnsealedSegment)?;
         segment.seal(fs)?;
     }
     if !segment.damaged.is_empty() {
@@ -551,7 +689,8 @@ fn verified_at(
     file_len: u64,
 ) -> Result<Option<RecordHeader>, StorageError> {
     let mut head = [0u8; RECORD_HEADER_LEN];
-    if offset + RECORD_HEADER_LEN as u64 > file_len || !fs::read_exact_at(file, &mut head, offset)?
+    if offset + RECORD_HEADER_LEN as u64 > file_len
+        || !fs::read_exact_at(file, &mut head, offset).during(StorageOp::RecoverSegment)?
     {
         return Ok(None);
     }
@@ -560,7 +699,9 @@ fn verified_at(
         return Ok(None);
     }
     let mut payload = vec![0u8; header.len as usize];
-    if !fs::read_exact_at(file, &mut payload, offset + RECORD_HEADER_LEN as u64)? {
+    if !fs::read_exact_at(file, &mut payload, offset + RECORD_HEADER_LEN as u64)
+        .during(StorageOp::RecoverSegment)?
+    {
         return Ok(None);
     }
     Ok(header.verifies(&payload).then_some(header))
@@ -575,7 +716,8 @@ fn skip_damaged(
     file_len: u64,
 ) -> Result<Option<(u64, i64)>, StorageError> {
     let mut head = [0u8; RECORD_HEADER_LEN];
-    if offset + RECORD_HEADER_LEN as u64 > file_len || !fs::read_exact_at(file, &mut head, offset)?
+    if offset + RECORD_HEADER_LEN as u64 > file_len
+        || !fs::read_exact_at(file, &mut head, offset).during(StorageOp::RecoverSegment)?
     {
         return Ok(None);
     }
