@@ -1,0 +1,564 @@
+//! Model-based test of the store: random sequences of create, append, read,
+//! describe, update, delete, list, retention, sync, restart and power cut
+//! run against the file log (on `SimulatedFs`) and against the simple model
+//! of `tests/model/mod.rs`. Every answer must agree: sequence numbers,
+//! errors by variant, read results byte for byte, storage status, list; and
+//! a power cut may only lose messages that were never promised durable.
+//!
+//! The tests named after a defect below are the smallest sequences found
+//! that show it.
+
+mod model;
+
+use bytes::Bytes;
+use model::{MErr, MRead, MStatus, Model, Msg};
+use proptest::prelude::*;
+use std::path::Path;
+use std::sync::Arc;
+use weir::clock::ManualClock;
+use weir::protocol::model::{
+    MessageStreamDefinition, Persistence, ReadMessagesOptions, StrategyOnFull,
+};
+use weir::store::disk::encode_name;
+use weir::store::file::format::parse_name;
+use weir::store::simfs::SimulatedFs;
+use weir::store::{Store, StoreError, StoreLimits};
+
+const ROOT: &str = "/store";
+const T0: i64 = 1_700_000_000_000;
+/// Small enough that reads are cut by the response budget.
+const MAX_READ_BYTES: usize = 4_000;
+const NAMES: [&str; 3] = ["alpha", "beta", "g a.log"];
+
+#[derive(Clone, Debug)]
+enum Change {
+    MaxSize(i64),
+    SegmentSize(i64),
+    Strategy(StrategyOnFull),
+    Ttl(Option<i64>),
+    FlushOnWrite(bool),
+    /// Refused: persistence is fixed.
+    Persistence,
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    Create {
+        stream: usize,
+        file: bool,
+        flush: bool,
+        segment: i64,
+        max_size: i64,
+        overwrite: bool,
+        ttl: Option<i64>,
+    },
+    /// Appends `lens.len()` messages, then confirms each (one batch of a
+    /// connection), then waits for durability on a flushOnWrite stream.
+    Append { stream: usize, lens: Vec<usize> },
+    Read {
+        stream: usize,
+        start: i64,
+        min: i64,
+        extra: i64,
+        timeout: i64,
+    },
+    Describe { stream: usize },
+    Update { stream: usize, change: Change },
+    Delete { stream: usize },
+    List,
+    /// Moves the clock; with `sweep`, runs `enforce_retention` too.
+    Advance { millis: i64, sweep: bool },
+    SyncAll,
+    /// Drops the store and opens it again on the same files; with `sync`,
+    /// after a `sync_all` (a clean stop), else as after weir crashed.
+    Restart { sync: bool },
+    /// Drops the store, cuts the power (every unsynced byte is lost) and
+    /// opens the store again.
+    PowerCut,
+}
+
+fn op_strategy() -> impl Strategy<Value = Op> {
+    let stream = 0..NAMES.len();
+    let change = prop_oneof![
+        prop::sample::select(vec![1024i64, 2048, 4096, 8192, 16384]).prop_map(Change::MaxSize),
+        prop::sample::select(vec![1024i64, 1500, 2048, 4096]).prop_map(Change::SegmentSize),
+        prop::sample::select(vec![
+            StrategyOnFull::RejectNewData,
+            StrategyOnFull::OverwriteOldestData
+        ])
+        .prop_map(Change::Strategy),
+        prop::sample::select(vec![None, Some(60_000i64), Some(120_000), Some(600_000)])
+            .prop_map(Change::Ttl),
+        any::<bool>().prop_map(Change::FlushOnWrite),
+        Just(Change::Persistence),
+    ];
+    let len = prop_oneof![9 => 1usize..600, 1 => 1000usize..2100];
+    prop_oneof![
+        2 => (
+            stream.clone(),
+            prop::bool::weighted(0.75),
+            any::<bool>(),
+            prop::sample::select(vec![1024i64, 1500, 2048, 4096]),
+            prop::sample::select(vec![1024i64, 2048, 4096, 8192]),
+            any::<bool>(),
+            prop::sample::select(vec![None, None, Some(60_000i64), Some(120_000)]),
+        )
+            .prop_map(|(stream, file, flush, segment, max_size, overwrite, ttl)| Op::Create {
+                stream,
+                file,
+                flush,
+                segment,
+                max_size,
+                overwrite,
+                ttl
+            }),
+        10 => (stream.clone(), prop::collection::vec(len, 1..4))
+            .prop_map(|(stream, lens)| Op::Append { stream, lens }),
+        4 => (stream.clone(), 0i64..40, 0i64..5, 0i64..6, prop::sample::select(vec![0i64, 10]))
+            .prop_map(|(stream, start, min, extra, timeout)| Op::Read {
+                stream,
+                start,
+                min,
+                extra,
+                timeout
+            }),
+        2 => stream.clone().prop_map(|stream| Op::Describe { stream }),
+        2 => (stream.clone(), change).prop_map(|(stream, change)| Op::Update { stream, change }),
+        1 => stream.clone().prop_map(|stream| Op::Delete { stream }),
+        1 => Just(Op::List),
+        2 => (prop::sample::select(vec![10_000i64, 30_000, 60_000, 90_000]), any::<bool>())
+            .prop_map(|(millis, sweep)| Op::Advance { millis, sweep }),
+        1 => Just(Op::SyncAll),
+        1 => any::<bool>().prop_map(|sync| Op::Restart { sync }),
+        1 => Just(Op::PowerCut),
+    ]
+}
+
+/// The real store and the model, side by side.
+struct Harness {
+    fs: SimulatedFs,
+    clock: Arc<ManualClock>,
+    store: Option<Store>,
+    model: Model,
+    /// Makes every payload different.
+    payloads: u64,
+}
+
+fn open(fs: &SimulatedFs, clock: &Arc<ManualClock>) -> Store {
+    Store::open(
+        Arc::new(fs.clone()),
+        Path::new(ROOT),
+        clock.clone(),
+        StoreLimits {
+            max_read_bytes: MAX_READ_BYTES,
+        },
+    )
+    .expect("the store opens")
+}
+
+/// The model's view of a store error; `None` for errors the model never
+/// expects (storage failures), which fail the test with the error shown.
+fn as_model_error(e: &StoreError) -> Option<MErr> {
+    Some(match e {
+        StoreError::NotFound(_) => MErr::NotFound,
+        StoreError::AlreadyExists(_) => MErr::AlreadyExists,
+        StoreError::Full { .. } => MErr::Full,
+        StoreError::MessageTooLarge {
+            bytes, max_size, ..
+        } => MErr::MessageTooLarge {
+            bytes: *bytes,
+            max_size: *max_size,
+        },
+        StoreError::NotEnoughMessages {
+            start,
+            available,
+            min,
+        } => MErr::NotEnoughMessages {
+            start: *start,
+            available: *available,
+            min: *min,
+        },
+        StoreError::ResponseTooLarge { .. } => MErr::ResponseTooLarge,
+        StoreError::PersistenceChange(_) => MErr::PersistenceChange,
+        StoreError::ShrinkBelowSize { current, .. } => MErr::ShrinkBelowSize { current: *current },
+        _ => return None,
+    })
+}
+
+fn same_error<T: std::fmt::Debug>(what: &str, got: Result<T, StoreError>, expected: &MErr) {
+    match got {
+        Err(e) => assert_eq!(
+            as_model_error(&e).as_ref(),
+            Some(expected),
+            "{what}: got error {e:?}"
+        ),
+        Ok(v) => panic!("{what}: expected {expected:?}, got Ok({v:?})"),
+    }
+}
+
+fn messages(got: Vec<weir::protocol::model::Message>) -> Vec<Msg> {
+    got.into_iter()
+        .map(|m| Msg {
+            seq: m.sequence_number,
+            ingest_time: m.ingest_time,
+            payload: m.payload,
+        })
+        .collect()
+}
+
+impl Harness {
+    fn new() -> Self {
+        let fs = SimulatedFs::new();
+        let clock = Arc::new(ManualClock::new(T0));
+        let store = open(&fs, &clock);
+        Harness {
+            fs,
+            clock,
+            store: Some(store),
+            model: Model::default(),
+            payloads: 0,
+        }
+    }
+
+    fn store(&self) -> &Store {
+        self.store.as_ref().expect("open between operations")
+    }
+
+    fn now(&self) -> i64 {
+        self.store().now_millis()
+    }
+
+    fn payload(&mut self, len: usize) -> Bytes {
+        self.payloads += 1;
+        let n = self.payloads;
+        Bytes::from(
+            (0..len)
+                .map(|i| (n.wrapping_mul(31).wrapping_add(i as u64 * 7) % 251) as u8)
+                .collect::<Vec<u8>>(),
+        )
+    }
+
+    async fn run(&mut self, op: &Op) {
+        match op {
+            Op::Create {
+                stream,
+                file,
+                flush,
+                segment,
+                max_size,
+                overwrite,
+                ttl,
+            } => {
+                let def = MessageStreamDefinition {
+                    max_size: *max_size,
+                    stream_segment_size: *segment,
+                    time_to_live_millis: *ttl,
+                    strategy_on_full: if *overwrite {
+                        StrategyOnFull::OverwriteOldestData
+                    } else {
+                        StrategyOnFull::RejectNewData
+                    },
+                    persistence: if *file {
+                        Persistence::File
+                    } else {
+                        Persistence::Memory
+                    },
+                    flush_on_write: *flush,
+                    ..MessageStreamDefinition::with_defaults(NAMES[*stream].into())
+                };
+                let got = self.store().create(def.clone());
+                match self.model.create(def) {
+                    Ok(()) => got.expect("create"),
+                    Err(e) => same_error("create", got, &e),
+                }
+            }
+            Op::Append { stream, lens } => self.append(NAMES[*stream], lens).await,
+            Op::Read {
+                stream,
+                start,
+                min,
+                extra,
+                timeout,
+            } => {
+                let name = NAMES[*stream];
+                let options = ReadMessagesOptions {
+                    desired_start_sequence_number: *start,
+                    min_message_count: *min,
+                    max_message_count: min + extra,
+                    read_timeout_millis: *timeout,
+                };
+                let now = self.now();
+                let got = self.store().try_read(name, &options);
+                let expected = self
+                    .model
+                    .get(name)
+                    .and_then(|s| s.read(*start, *min, min + extra, *timeout, now, MAX_READ_BYTES));
+                let what = format!("read {name} {options:?}");
+                match expected {
+                    Ok(MRead::WouldWait) => {
+                        assert!(matches!(got, Ok(None)), "{what}: expected to wait, got {got:?}")
+                    }
+                    Ok(MRead::Messages(expected)) => {
+                        let got = got.unwrap_or_else(|e| panic!("{what}: {e:?}"));
+                        let got = got.unwrap_or_else(|| panic!("{what}: would wait"));
+                        assert_eq!(messages(got), expected, "{what}");
+                    }
+                    Err(e) => same_error(&what, got, &e),
+                }
+            }
+            Op::Describe { stream } => self.describe(NAMES[*stream]),
+            Op::Update { stream, change } => self.update(NAMES[*stream], change),
+            Op::Delete { stream } => {
+                let name = NAMES[*stream];
+                let got = self.store().delete(name);
+                match self.model.delete(name) {
+                    Ok(()) => got.expect("delete"),
+                    Err(e) => same_error("delete", got, &e),
+                }
+            }
+            Op::List => assert_eq!(self.store().list(), self.model.list(), "list"),
+            Op::Advance { millis, sweep } => {
+                self.clock.advance(*millis);
+                if *sweep {
+                    self.store().enforce_retention();
+                    self.model.enforce_retention(self.now());
+                }
+            }
+            Op::SyncAll => {
+                self.store().sync_all().await;
+                self.model.sync_all();
+            }
+            Op::Restart { sync } => {
+                if *sync {
+                    self.store().sync_all().await;
+                    self.model.sync_all();
+                }
+                self.store = None;
+                self.store = Some(open(&self.fs, &self.clock));
+                self.model.restart();
+                self.check_all("after a restart");
+            }
+            Op::PowerCut => self.power_cut(),
+        }
+    }
+
+    async fn append(&mut self, name: &str, lens: &[usize]) {
+        let now = self.now();
+        let mut tickets = Vec::new();
+        for &len in lens {
+            let payload = self.payload(len);
+            let got = self.store().append(name, payload.clone());
+            let expected = self.model.get(name).and_then(|s| s.append(payload, now));
+            let what = format!("append of {len} bytes to {name}");
+            match expected {
+                Ok(seq) => {
+                    let appended = got.unwrap_or_else(|e| panic!("{what}: {e:?}"));
+                    assert_eq!(appended.sequence_number, seq, "{what}: sequence number");
+                    let stream = &self.model.streams[name];
+                    assert_eq!(
+                        appended.flush,
+                        stream.def.flush_on_write && stream.on_disk,
+                        "{what}: flush"
+                    );
+                    tickets.push(appended);
+                }
+                Err(e) => same_error(&what, got, &e),
+            }
+        }
+        for appended in &tickets {
+            self.store()
+                .confirm(name, appended.ticket)
+                .unwrap_or_else(|e| panic!("confirm {name} {}: {e:?}", appended.sequence_number));
+        }
+        for appended in tickets.iter().filter(|a| a.flush) {
+            self.store()
+                .durable(name, appended.sequence_number)
+                .await
+                .unwrap_or_else(|e| panic!("durable {name} {}: {e:?}", appended.sequence_number));
+            let stream = self.model.get(name).expect("appended to");
+            stream.durable_next = stream.durable_next.max(appended.sequence_number + 1);
+        }
+    }
+
+    fn describe(&mut self, name: &str) {
+        let now = self.now();
+        let got = self.store().describe(name);
+        match self.model.get(name) {
+            Ok(stream) => {
+                let info = got.unwrap_or_else(|e| panic!("describe {name}: {e:?}"));
+                assert_eq!(info.definition, stream.def, "describe {name}: definition");
+                assert!(info.export_statuses.is_empty());
+                let s = info.storage_status;
+                let got = MStatus {
+                    oldest: s.oldest_sequence_number,
+                    newest: s.newest_sequence_number,
+                    total_bytes: s.total_bytes,
+                };
+                let (held, swept) = stream.statuses(now);
+                assert!(
+                    got == held || got == swept,
+                    "describe {name}: storage status {got:?}, expected {held:?} (or {swept:?} once expired segments are removed)"
+                );
+            }
+            Err(e) => same_error("describe", got, &e),
+        }
+    }
+
+    fn update(&mut self, name: &str, change: &Change) {
+        let now = self.now();
+        let Ok(stream) = self.model.get(name) else {
+            let def = MessageStreamDefinition::with_defaults(name.into());
+            same_error("update", self.store().update(def), &MErr::NotFound);
+            return;
+        };
+        if stream.has_expired(now) {
+            // Whether an update removes expired segments before it checks
+            // maxSize is the store's business; sweep first so it does not
+            // matter.
+            self.store().enforce_retention();
+            self.model.enforce_retention(now);
+        }
+        let mut def = self.model.get(name).expect("looked up").def.clone();
+        match change {
+            Change::MaxSize(size) => def.max_size = *size,
+            Change::SegmentSize(size) => def.stream_segment_size = *size,
+            Change::Strategy(strategy) => def.strategy_on_full = *strategy,
+            Change::Ttl(ttl) => def.time_to_live_millis = *ttl,
+            Change::FlushOnWrite(flush) => def.flush_on_write = *flush,
+            Change::Persistence => {
+                def.persistence = match def.persistence {
+                    Persistence::File => Persistence::Memory,
+                    Persistence::Memory => Persistence::File,
+                }
+            }
+        }
+        let got = self.store().update(def.clone());
+        match self.model.get(name).expect("looked up").update(def) {
+            Ok(()) => got.unwrap_or_else(|e| panic!("update {name} {change:?}: {e:?}")),
+            Err(e) => same_error(&format!("update {name} {change:?}"), got, &e),
+        }
+    }
+
+    /// Every visible message of every stream, and the list, match the model.
+    fn check_all(&self, when: &str) {
+        assert_eq!(self.store().list(), self.model.list(), "list {when}");
+        let now = self.now();
+        for (name, stream) in &self.model.streams {
+            let got = self.read_everything(name);
+            assert_eq!(got, stream.visible_messages(now), "{name} {when}");
+            let info = self.store().describe(name).expect("described");
+            assert_eq!(info.definition, stream.def, "{name} {when}: definition");
+            assert_eq!(
+                info.storage_status.newest_sequence_number,
+                stream.next - 1,
+                "{name} {when}: newest"
+            );
+        }
+    }
+
+    /// Every message the store returns for `name`, in as many reads as the
+    /// response budget needs.
+    fn read_everything(&self, name: &str) -> Vec<Msg> {
+        let mut out: Vec<Msg> = Vec::new();
+        let mut start = 0;
+        loop {
+            let options = ReadMessagesOptions {
+                desired_start_sequence_number: start,
+                min_message_count: 1,
+                max_message_count: i64::MAX,
+                read_timeout_millis: 10,
+            };
+            match self.store().try_read(name, &options) {
+                Ok(None) => return out,
+                Ok(Some(got)) => {
+                    assert!(!got.is_empty(), "a read of min 1 returns one at least");
+                    start = got.last().expect("not empty").sequence_number + 1;
+                    out.extend(messages(got));
+                }
+                Err(e) => panic!("reading all of {name}: {e:?}"),
+            }
+        }
+    }
+
+    fn power_cut(&mut self) {
+        self.store = None;
+        self.fs = self.fs.crash(|_, _| 0);
+        self.store = Some(open(&self.fs, &self.clock));
+        self.model.restart();
+        let now = self.now();
+        let names: Vec<String> = self.model.streams.keys().cloned().collect();
+        assert_eq!(self.store().list(), names, "list after a power cut");
+        for name in names {
+            let got = self.read_everything(&name);
+            let stream = self.model.get(&name).expect("listed");
+            let survived_next = self
+                .store
+                .as_ref()
+                .expect("open")
+                .describe(&name)
+                .expect("described")
+                .storage_status
+                .newest_sequence_number
+                + 1;
+            assert!(
+                (stream.durable_next..=stream.next).contains(&survived_next),
+                "{name}: after a power cut the next sequence number is {survived_next}; \
+                 {} were promised durable and {} appended",
+                stream.durable_next,
+                stream.next
+            );
+            stream.cut_to(survived_next);
+            let oldest = stream.statuses(now).1.oldest;
+            let older: Vec<Msg> = got.iter().filter(|m| m.seq < oldest).cloned().collect();
+            if !older.is_empty() {
+                assert!(
+                    std::env::var_os("WEIR_MODEL_ADOPT_RESURRECTED").is_some(),
+                    "{name}: messages {:?} removed by retention are back after a power cut",
+                    older.iter().map(|m| m.seq).collect::<Vec<_>>()
+                );
+                let dir = Path::new(ROOT).join("streams").join(encode_name(&name));
+                let firsts: Vec<i64> = self
+                    .fs
+                    .files()
+                    .iter()
+                    .filter(|p| p.parent() == Some(&dir))
+                    .filter_map(|p| parse_name(p.file_name()?.to_str()?).map(|(first, _)| first))
+                    .collect();
+                stream.adopt_older(older, &firsts);
+            }
+            assert_eq!(
+                got,
+                stream.visible_messages(now),
+                "{name}: what survived a power cut is the model's messages up to {survived_next}"
+            );
+        }
+    }
+}
+
+fn run_ops(ops: &[Op]) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    runtime.block_on(async {
+        let mut harness = Harness::new();
+        for op in ops {
+            harness.run(op).await;
+        }
+        harness.check_all("at the end");
+    });
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: 256,
+        max_shrink_iters: 4096,
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn the_store_behaves_like_the_model(ops in prop::collection::vec(op_strategy(), 1..80)) {
+        run_ops(&ops);
+    }
+}
+
