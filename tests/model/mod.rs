@@ -52,7 +52,11 @@ impl Seg {
         self.msgs[0].seq
     }
     pub fn newest_ingest_time(&self) -> i64 {
-        self.msgs.iter().map(|m| m.ingest_time).max().expect("model segments are never empty")
+        self.msgs
+            .iter()
+            .map(|m| m.ingest_time)
+            .max()
+            .expect("model segments are never empty")
     }
     /// The segment as retention sees it.
     pub fn info(&self) -> SegmentInfo {
@@ -78,6 +82,16 @@ pub struct MStream {
     /// flushOnWrite append whose `durable` returned, or one covered by a
     /// completed `sync_all`.
     pub durable_next: i64,
+    /// The next sequence number when the store was opened or last synced
+    /// this stream (for tolerating `SYNC_AFTER_RESTART`).
+    pub synced_watermark: i64,
+}
+
+/// Known defects the model can be told to tolerate while exploring for
+/// others (`WEIR_MODEL_TOLERATE=resurrect,sync-after-restart`); by default
+/// the model is strict and the test fails on them.
+pub fn tolerates(defect: &str) -> bool {
+    std::env::var("WEIR_MODEL_TOLERATE").is_ok_and(|v| v.split(',').any(|d| d == defect))
 }
 
 /// A model error, by the variant the store must answer with.
@@ -86,11 +100,20 @@ pub enum MErr {
     NotFound,
     AlreadyExists,
     Full,
-    MessageTooLarge { bytes: u64, max_size: u64 },
-    NotEnoughMessages { start: i64, available: i64, min: i64 },
+    MessageTooLarge {
+        bytes: u64,
+        max_size: u64,
+    },
+    NotEnoughMessages {
+        start: i64,
+        available: i64,
+        min: i64,
+    },
     ResponseTooLarge,
     PersistenceChange,
-    ShrinkBelowSize { current: u64 },
+    ShrinkBelowSize {
+        current: u64,
+    },
 }
 
 /// What a non-waiting read answers.
@@ -117,6 +140,7 @@ impl MStream {
             next: 0,
             on_disk,
             durable_next: 0,
+            synced_watermark: 0,
         }
     }
 
@@ -137,7 +161,11 @@ impl MStream {
     /// Removes expired segments, oldest first (what appends and
     /// `enforce_retention` do).
     pub fn expire(&mut self, now: i64) {
-        while self.segments.first().is_some_and(|s| self.is_expired(s, now)) {
+        while self
+            .segments
+            .first()
+            .is_some_and(|s| self.is_expired(s, now))
+        {
             self.segments.remove(0);
         }
     }
@@ -244,7 +272,11 @@ impl MStream {
         };
         let mut out = Vec::new();
         let mut bytes = 0;
-        for msg in visible.iter().flat_map(|s| &s.msgs).filter(|m| m.seq >= start) {
+        for msg in visible
+            .iter()
+            .flat_map(|s| &s.msgs)
+            .filter(|m| m.seq >= start)
+        {
             let cost = limits.cost(msg.payload.len());
             if out.len() == max_count || (!out.is_empty() && bytes + cost > max_read_bytes) {
                 break;
@@ -293,7 +325,9 @@ impl MStream {
         }
         self.segments.retain(|s| !s.msgs.is_empty());
         self.next = survived_next;
-        self.durable_next = self.durable_next.min(survived_next);
+        // What a power cut leaves is on the disk itself.
+        self.durable_next = survived_next;
+        self.synced_watermark = survived_next;
     }
 }
 
@@ -354,7 +388,12 @@ impl Model {
     /// durable.
     pub fn sync_all(&mut self) {
         for stream in self.streams.values_mut().filter(|s| s.on_disk) {
+            if tolerates("sync-after-restart") && stream.synced_watermark >= stream.next {
+                // The store believes everything it loaded is synced.
+                continue;
+            }
             stream.durable_next = stream.next;
+            stream.synced_watermark = stream.next;
         }
     }
 
@@ -362,5 +401,8 @@ impl Model {
     /// that was written (confirmed).
     pub fn restart(&mut self) {
         self.streams.retain(|_, s| s.on_disk);
+        for stream in self.streams.values_mut() {
+            stream.synced_watermark = stream.next;
+        }
     }
 }
