@@ -57,6 +57,7 @@ enum Op {
     Append {
         stream: usize,
         lens: Vec<usize>,
+        confirm: bool,
     },
     Read {
         stream: usize,
@@ -151,8 +152,8 @@ fn op_strategy() -> impl Strategy<Value = Op> {
     let len = prop_oneof![9 => 1usize..600, 1 => 1000usize..2100];
     prop_oneof![
         4 => create(),
-        10 => (stream.clone(), prop::collection::vec(len, 1..4))
-            .prop_map(|(stream, lens)| Op::Append { stream, lens }),
+        10 => (stream.clone(), prop::collection::vec(len, 1..4), prop::bool::weighted(0.85))
+            .prop_map(|(stream, lens, confirm)| Op::Append { stream, lens, confirm }),
         4 => (stream.clone(), 0i64..40, 0i64..5, 0i64..6, prop::sample::select(vec![0i64, 10]))
             .prop_map(|(stream, start, min, extra, timeout)| Op::Read {
                 stream,
@@ -311,7 +312,11 @@ impl Harness {
                     Err(e) => same_error("create", got, &e),
                 }
             }
-            Op::Append { stream, lens } => self.append(NAMES[*stream], lens).await,
+            Op::Append {
+                stream,
+                lens,
+                confirm,
+            } => self.append(NAMES[*stream], lens, *confirm).await,
             Op::Read {
                 stream,
                 start,
@@ -375,16 +380,15 @@ impl Harness {
                     self.store().sync_all().await;
                     self.model.sync_all();
                 }
-                self.store = None;
-                self.store = Some(open(&self.fs, &self.clock));
-                self.model.restart();
-                self.check_all("after a restart");
+                self.reopen(false);
             }
-            Op::PowerCut => self.power_cut(),
+            Op::PowerCut => self.reopen(true),
         }
     }
 
-    async fn append(&mut self, name: &str, lens: &[usize]) {
+    /// Without `confirm`, the appends are never acknowledged: they may be
+    /// lost if weir stops before something else writes them.
+    async fn append(&mut self, name: &str, lens: &[usize], confirm: bool) {
         let now = self.now();
         let mut tickets = Vec::new();
         for &len in lens {
@@ -407,10 +411,18 @@ impl Harness {
                 Err(e) => same_error(&what, got, &e),
             }
         }
+        if !confirm {
+            return;
+        }
         for appended in &tickets {
             self.store()
                 .confirm(name, appended.ticket)
                 .unwrap_or_else(|e| panic!("confirm {name} {}: {e:?}", appended.sequence_number));
+        }
+        if !tickets.is_empty() {
+            // A confirm writes every waiting append of the stream.
+            let stream = self.model.get(name).expect("appended to");
+            stream.written_next = stream.next;
         }
         for appended in tickets.iter().filter(|a| a.flush) {
             self.store()
@@ -523,14 +535,26 @@ impl Harness {
         }
     }
 
-    fn power_cut(&mut self) {
+    /// Drops the store (as weir stopping or crashing: nothing is flushed on
+    /// the way out), cuts the power if asked, and opens the store again.
+    /// A File stream then holds a prefix of what the model has, with at
+    /// least every message written (confirmed), after a power cut every
+    /// message promised durable; the model adopts what survived.
+    fn reopen(&mut self, power_cut: bool) {
+        let when = if power_cut {
+            "after a power cut"
+        } else {
+            "after a restart"
+        };
         self.store = None;
-        self.fs = self.fs.crash(|_, _| 0);
+        if power_cut {
+            self.fs = self.fs.crash(|_, _| 0);
+        }
         self.store = Some(open(&self.fs, &self.clock));
         self.model.restart();
         let now = self.now();
         let names: Vec<String> = self.model.streams.keys().cloned().collect();
-        assert_eq!(self.store().list(), names, "list after a power cut");
+        assert_eq!(self.store().list(), names, "list {when}");
         for name in names {
             let got = self.read_everything(&name);
             let stream = self.model.get(&name).expect("listed");
@@ -543,20 +567,26 @@ impl Harness {
                 .storage_status
                 .newest_sequence_number
                 + 1;
+            let kept = if power_cut {
+                stream.durable_next
+            } else {
+                stream.written_next
+            };
             assert!(
-                (stream.durable_next..=stream.next).contains(&survived_next),
-                "{name}: after a power cut the next sequence number is {survived_next}; \
-                 {} were promised durable and {} appended",
+                (kept..=stream.next).contains(&survived_next),
+                "{name}: {when} the next sequence number is {survived_next}; \
+                 {} were promised durable, {} written and {} appended",
                 stream.durable_next,
+                stream.written_next,
                 stream.next
             );
-            stream.cut_to(survived_next);
+            stream.cut_to(survived_next, power_cut);
             let oldest = stream.statuses(now).1.oldest;
             let older: Vec<Msg> = got.iter().filter(|m| m.seq < oldest).cloned().collect();
             if !older.is_empty() {
                 assert!(
                     model::tolerates("resurrect"),
-                    "{name}: messages {:?} removed by retention are back after a power cut",
+                    "{name}: messages {:?} removed by retention are back {when}",
                     older.iter().map(|m| m.seq).collect::<Vec<_>>()
                 );
                 let dir = Path::new(ROOT).join("streams").join(encode_name(&name));
@@ -572,7 +602,7 @@ impl Harness {
             assert_eq!(
                 got,
                 stream.visible_messages(now),
-                "{name}: what survived a power cut is the model's messages up to {survived_next}"
+                "{name}: what survived {when} is the model's messages up to {survived_next}"
             );
         }
     }

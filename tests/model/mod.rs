@@ -82,6 +82,9 @@ pub struct MStream {
     /// flushOnWrite append whose `durable` returned, or one covered by a
     /// completed `sync_all`.
     pub durable_next: i64,
+    /// Every message below this was written to the OS (a confirmed append,
+    /// or one covered by a sync): it survives weir stopping.
+    pub written_next: i64,
     /// The next sequence number when the store was opened or last synced
     /// this stream (for tolerating `SYNC_AFTER_RESTART`).
     pub synced_watermark: i64,
@@ -140,6 +143,7 @@ impl MStream {
             next: 0,
             on_disk,
             durable_next: 0,
+            written_next: 0,
             synced_watermark: 0,
         }
     }
@@ -312,10 +316,10 @@ impl MStream {
         Ok(())
     }
 
-    /// After a power cut the stream holds messages below `survived_next`
-    /// only: the rest is gone, and the segment it was cut in is the active
-    /// one again.
-    pub fn cut_to(&mut self, survived_next: i64) {
+    /// After weir stopped (and maybe the power was cut) the stream holds
+    /// messages below `survived_next` only: the rest is gone, and the
+    /// segment it was cut in is the active one again.
+    pub fn cut_to(&mut self, survived_next: i64, power_cut: bool) {
         for seg in &mut self.segments {
             let before = seg.msgs.len();
             seg.msgs.retain(|m| m.seq < survived_next);
@@ -325,8 +329,13 @@ impl MStream {
         }
         self.segments.retain(|s| !s.msgs.is_empty());
         self.next = survived_next;
-        // What a power cut leaves is on the disk itself.
-        self.durable_next = survived_next;
+        self.written_next = survived_next;
+        self.durable_next = if power_cut {
+            // What a power cut leaves is on the disk itself.
+            survived_next
+        } else {
+            self.durable_next.min(survived_next)
+        };
         self.synced_watermark = survived_next;
     }
 }
@@ -392,6 +401,7 @@ impl Model {
                 // The store believes everything it loaded is synced.
                 continue;
             }
+            stream.written_next = stream.next;
             stream.durable_next = stream.next;
             stream.synced_watermark = stream.next;
         }
