@@ -20,7 +20,7 @@ use weir::protocol::model::{
     MessageStreamDefinition, Persistence, ReadMessagesOptions, StrategyOnFull,
 };
 use weir::store::disk::encode_name;
-use weir::store::file::format::parse_name;
+use weir::store::file::format::{decode_sealed_index, parse_name};
 use weir::store::simfs::SimulatedFs;
 use weir::store::{Store, StoreError, StoreLimits};
 
@@ -508,7 +508,47 @@ impl Harness {
                 stream.next - 1,
                 "{name} {when}: newest"
             );
+            self.check_segments(name, when);
         }
+    }
+
+    /// A File stream's segments on disk, as (first sequence number, sealed),
+    /// without an empty one at the end (which only keeps the next number).
+    fn disk_segments(&self, name: &str, next: i64) -> Vec<(i64, bool)> {
+        let dir = Path::new(ROOT).join("streams").join(encode_name(name));
+        let mut segments: Vec<(i64, bool)> = self
+            .fs
+            .files()
+            .iter()
+            .filter(|p| p.parent() == Some(&dir))
+            .filter_map(|p| match parse_name(p.file_name()?.to_str()?) {
+                Some((first, "seg")) if first < next => {
+                    let index = self.fs.contents(&p.with_extension("idx"));
+                    let sealed = index.is_some_and(|i| decode_sealed_index(&i).is_some());
+                    Some((first, sealed))
+                }
+                _ => None,
+            })
+            .collect();
+        segments.sort_unstable();
+        segments
+    }
+
+    /// The segments of a File stream are where the model says: whole
+    /// segments are what retention removes, so their bounds are behaviour.
+    fn check_segments(&self, name: &str, when: &str) {
+        let stream = &self.model.streams[name];
+        if !stream.on_disk {
+            return;
+        }
+        let expected = stream.visible_segments(self.now());
+        let oldest = expected.first().map_or(stream.next, |s| s.0);
+        let got: Vec<(i64, bool)> = self
+            .disk_segments(name, stream.next)
+            .into_iter()
+            .filter(|s| s.0 >= oldest)
+            .collect();
+        assert_eq!(got, expected, "{name} {when}: segments (first, sealed)");
     }
 
     /// Every message the store returns for `name`, in as many reads as the
@@ -604,6 +644,7 @@ impl Harness {
                 stream.visible_messages(now),
                 "{name}: what survived {when} is the model's messages up to {survived_next}"
             );
+            self.check_segments(&name, when);
         }
     }
 }

@@ -294,6 +294,14 @@ impl MStream {
         Ok(MRead::Messages(out))
     }
 
+    /// The segments a reader may see, as (first sequence number, sealed).
+    pub fn visible_segments(&self, now: i64) -> Vec<(i64, bool)> {
+        self.visible(now)
+            .iter()
+            .map(|s| (s.first(), s.sealed))
+            .collect()
+    }
+
     /// Every message a reader may see, oldest first.
     pub fn visible_messages(&self, now: i64) -> Vec<Msg> {
         self.visible(now)
