@@ -91,6 +91,11 @@ enum Op {
     /// Drops the store, cuts the power (every unsynced byte is lost) and
     /// opens the store again.
     PowerCut,
+    /// Every fsync fails from now on (or works again).
+    FailSync(bool),
+    /// Writes that would add more than this many bytes fail ("no space
+    /// left"); `None` lifts the limit.
+    SpaceLeft(Option<u64>),
 }
 
 fn create() -> impl Strategy<Value = Op> {
@@ -171,6 +176,9 @@ fn op_strategy() -> impl Strategy<Value = Op> {
         1 => Just(Op::SyncAll),
         1 => any::<bool>().prop_map(|sync| Op::Restart { sync }),
         1 => Just(Op::PowerCut),
+        1 => any::<bool>().prop_map(Op::FailSync),
+        1 => prop::sample::select(vec![Some(0u64), Some(300), Some(2_000), Some(6_000), None])
+            .prop_map(Op::SpaceLeft),
     ]
 }
 
@@ -182,6 +190,17 @@ struct Harness {
     model: Model,
     /// Makes every payload different.
     payloads: u64,
+    /// Faults of the file system now.
+    fail_sync: bool,
+    space_limited: bool,
+}
+
+/// An error a storage failure may cause (instead of the model's answer).
+fn is_storage_failure(e: &StoreError) -> bool {
+    matches!(
+        e,
+        StoreError::Write(_) | StoreError::WritesStopped { .. } | StoreError::AppendFailed { .. }
+    )
 }
 
 fn open(fs: &SimulatedFs, clock: &Arc<ManualClock>) -> Store {
@@ -257,6 +276,71 @@ impl Harness {
             store: Some(store),
             model: Model::default(),
             payloads: 0,
+            fail_sync: false,
+            space_limited: false,
+        }
+    }
+
+    /// Whether storage failures may hit stream `name` now: it is on disk
+    /// and the file system fails.
+    fn faulty(&self, name: &str) -> bool {
+        (self.fail_sync || self.space_limited)
+            && self.model.streams.get(name).is_some_and(|s| s.on_disk)
+    }
+
+    /// Stream `name` answered a storage failure: a failed fsync (the only
+    /// failure while only syncs fail) stops its writes.
+    fn storage_failed(&mut self, name: &str, e: &StoreError) {
+        let (fail_sync, space_limited) = (self.fail_sync, self.space_limited);
+        let stream = self.model.get(name).expect("exists");
+        let stopped = matches!(e, StoreError::WritesStopped { .. });
+        if stopped || (fail_sync && !space_limited && !model::tolerates("sync-stops")) {
+            stream.stopped = true;
+        } else if fail_sync {
+            stream.maybe_stopped = true;
+        }
+    }
+
+    /// After a storage failure the model takes the stream's state from the
+    /// store, checking that no written message is gone and every message
+    /// is one the store accepted.
+    fn adopt(&mut self, name: &str, what: &str) {
+        let info = self
+            .store()
+            .describe(name)
+            .unwrap_or_else(|e| panic!("{what}: describe {name}: {e:?}"));
+        assert_eq!(
+            info.definition, self.model.streams[name].def,
+            "{what}: definition"
+        );
+        let next = info.storage_status.newest_sequence_number + 1;
+        let disk = self.disk_segments(name, next);
+        let stream = self.model.get(name).expect("exists");
+        assert!(
+            next >= stream.written_next,
+            "{what}: {name} lost written messages: its next sequence number is {next}, {} were written",
+            stream.written_next
+        );
+        stream.adopt(&disk, next);
+        let now = self.now();
+        let expected = self.model.streams[name].visible_messages(now);
+        assert_eq!(
+            self.read_everything(name),
+            expected,
+            "{what}: {name} after a storage failure"
+        );
+    }
+
+    fn adopt_all(&mut self, what: &str) {
+        let names: Vec<String> = self
+            .model
+            .streams
+            .keys()
+            .filter(|n| self.faulty(n))
+            .cloned()
+            .collect();
+        for name in &names {
+            self.adopt(name, what);
         }
     }
 
@@ -306,9 +390,21 @@ impl Harness {
                     flush_on_write: *flush,
                     ..MessageStreamDefinition::with_defaults(NAMES[*stream].into())
                 };
+                let name = def.name.clone();
+                let on_disk = def.persistence == Persistence::File;
                 let got = self.store().create(def.clone());
                 match self.model.create(def) {
-                    Ok(()) => got.expect("create"),
+                    Ok(()) => match got {
+                        Err(e) if on_disk && self.faulty(&name) && is_storage_failure(&e) => {
+                            // A create that fails leaves no stream.
+                            self.model.delete(&name).expect("just created");
+                            assert!(
+                                !self.store().list().contains(&name),
+                                "a failed create of {name} left it listed"
+                            );
+                        }
+                        got => got.expect("create"),
+                    },
                     Err(e) => same_error("create", got, &e),
                 }
             }
@@ -333,6 +429,10 @@ impl Harness {
                 };
                 let now = self.now();
                 let got = self.store().try_read(name, &options);
+                if self.faulty(name) {
+                    // Its flush may have failed and given numbers back.
+                    self.adopt(name, "before a read");
+                }
                 let expected = self
                     .model
                     .get(name)
@@ -357,87 +457,215 @@ impl Harness {
             Op::Update { stream, change } => self.update(NAMES[*stream], change),
             Op::Delete { stream } => {
                 let name = NAMES[*stream];
+                let faulty = self.faulty(name)
+                    || (model::tolerates("delete")
+                        && self
+                            .model
+                            .streams
+                            .get(name)
+                            .is_some_and(|s| s.delete_failed));
                 let got = self.store().delete(name);
-                match self.model.delete(name) {
-                    Ok(()) => got.expect("delete"),
-                    Err(e) => same_error("delete", got, &e),
+                match got {
+                    Err(e) if faulty && is_storage_failure(&e) => {
+                        // All or nothing: the stream is still there, whole.
+                        assert!(
+                            self.store().list().iter().any(|n| n == name),
+                            "a failed delete of {name} took it off the list"
+                        );
+                        self.adopt(name, "after a failed delete");
+                        self.model.get(name).expect("exists").delete_failed = true;
+                    }
+                    got => match self.model.delete(name) {
+                        Ok(()) => got.expect("delete"),
+                        Err(e) => same_error("delete", got, &e),
+                    },
                 }
             }
             Op::List => assert_eq!(self.store().list(), self.model.list(), "list"),
+            Op::Advance { .. }
+                if (self.fail_sync || self.space_limited) && model::tolerates("read-sweep") => {}
             Op::Advance { millis, sweep } => {
                 self.clock.advance(*millis);
                 if *sweep {
-                    self.store().enforce_retention();
-                    self.model.enforce_retention(self.now());
+                    self.enforce_retention();
                 }
             }
             Op::SyncAll => {
                 self.store().sync_all().await;
-                self.model.sync_all();
+                if self.fail_sync {
+                    // Its failures are only logged: any stream on disk may
+                    // have had something to sync, and be stopped now.
+                    for stream in self.model.streams.values_mut().filter(|s| s.on_disk) {
+                        stream.maybe_stopped = true;
+                    }
+                    self.adopt_all("after sync_all");
+                } else {
+                    // A flush may have failed; the syncs worked.
+                    self.adopt_all("after sync_all");
+                    self.model.sync_all();
+                }
             }
+            Op::FailSync(_) | Op::SpaceLeft(_)
+                if model::tolerates("read-sweep") && !(self.fail_sync || self.space_limited) =>
+            {
+                // No expired segment left for a read to remove.
+                self.enforce_retention();
+                self.set_fault(op);
+            }
+            Op::FailSync(_) | Op::SpaceLeft(_) => self.set_fault(op),
             Op::Restart { sync } => {
+                self.clear_faults();
                 if *sync {
                     self.store().sync_all().await;
                     self.model.sync_all();
                 }
                 self.reopen(false);
             }
-            Op::PowerCut => self.reopen(true),
+            Op::PowerCut => {
+                self.clear_faults();
+                self.reopen(true)
+            }
         }
+    }
+
+    fn set_fault(&mut self, op: &Op) {
+        match op {
+            Op::FailSync(fail) => {
+                self.fs.set_fail_sync(*fail);
+                self.fail_sync = *fail;
+            }
+            Op::SpaceLeft(bytes) => {
+                self.fs.set_space_left(*bytes);
+                self.space_limited = bytes.is_some();
+            }
+            _ => unreachable!("a fault"),
+        }
+    }
+
+    fn clear_faults(&mut self) {
+        self.fs.set_fail_sync(false);
+        self.fs.set_space_left(None);
+        self.fail_sync = false;
+        self.space_limited = false;
+    }
+
+    fn enforce_retention(&mut self) {
+        let now = self.now();
+        let stops = self.fail_sync && !self.space_limited;
+        for stream in self.model.streams.values_mut() {
+            let removes_active = stream.on_disk
+                && stream.segments.first().is_some_and(|s| {
+                    !s.sealed
+                        && weir::store::retention::expired(
+                            &s.info(),
+                            stream.def.time_to_live_millis,
+                            now,
+                        )
+                });
+            if removes_active && self.fail_sync {
+                // Removing the active segment seals (syncs) it first.
+                if stops && !model::tolerates("sync-stops") {
+                    stream.stopped = true;
+                } else {
+                    stream.maybe_stopped = true;
+                }
+            }
+        }
+        self.store().enforce_retention();
+        self.model.enforce_retention(now);
+        self.adopt_all("after enforce_retention");
     }
 
     /// Without `confirm`, the appends are never acknowledged: they may be
     /// lost if weir stops before something else writes them.
     async fn append(&mut self, name: &str, lens: &[usize], confirm: bool) {
         let now = self.now();
+        let faulty = self.faulty(name);
         let mut tickets = Vec::new();
         for &len in lens {
             let payload = self.payload(len);
             let got = self.store().append(name, payload.clone());
-            let expected = self.model.get(name).and_then(|s| s.append(payload, now));
             let what = format!("append of {len} bytes to {name}");
-            match expected {
-                Ok(seq) => {
-                    let appended = got.unwrap_or_else(|e| panic!("{what}: {e:?}"));
+            let Ok(stream) = self.model.get(name) else {
+                same_error(&what, got, &MErr::NotFound);
+                continue;
+            };
+            if stream.stopped {
+                assert!(
+                    matches!(got, Err(StoreError::WritesStopped { .. })),
+                    "{what}: a failed fsync stopped the stream's writes, yet the append answered {got:?}"
+                );
+                continue;
+            }
+            if stream.maybe_stopped {
+                if let Err(StoreError::WritesStopped { .. }) = got {
+                    stream.stopped = true;
+                    continue;
+                }
+            }
+            let expected = stream.append(payload, now);
+            match (got, expected) {
+                (Ok(appended), Ok(seq)) => {
                     assert_eq!(appended.sequence_number, seq, "{what}: sequence number");
-                    let stream = &self.model.streams[name];
                     assert_eq!(
                         appended.flush,
                         stream.def.flush_on_write && stream.on_disk,
                         "{what}: flush"
                     );
+                    stream.maybe_stopped = false;
                     tickets.push(appended);
                 }
-                Err(e) => same_error(&what, got, &e),
+                (Err(e), _) if faulty && is_storage_failure(&e) => {
+                    self.storage_failed(name, &e);
+                    self.adopt(name, &what);
+                }
+                (got, Ok(seq)) => panic!("{what}: expected sequence number {seq}, got {got:?}"),
+                (got, Err(e)) => same_error(&what, got, &e),
             }
         }
-        if !confirm {
+        if !confirm || tickets.is_empty() {
             return;
         }
+        let mut failed = None;
         for appended in &tickets {
-            self.store()
-                .confirm(name, appended.ticket)
-                .unwrap_or_else(|e| panic!("confirm {name} {}: {e:?}", appended.sequence_number));
+            match self.store().confirm(name, appended.ticket) {
+                Ok(()) => {}
+                Err(e) if faulty && is_storage_failure(&e) => failed = Some(e),
+                Err(e) => panic!("confirm {name} {}: {e:?}", appended.sequence_number),
+            }
         }
-        if !tickets.is_empty() {
-            // A confirm writes every waiting append of the stream.
-            let stream = self.model.get(name).expect("appended to");
-            stream.written_next = stream.next;
+        if let Some(e) = failed {
+            self.storage_failed(name, &e);
+            self.adopt(name, &format!("after a failed write to {name}"));
+            return;
         }
+        // A confirm writes every waiting append of the stream.
+        let stream = self.model.get(name).expect("appended to");
+        stream.written_next = stream.next;
         for appended in tickets.iter().filter(|a| a.flush) {
-            self.store()
-                .durable(name, appended.sequence_number)
-                .await
-                .unwrap_or_else(|e| panic!("durable {name} {}: {e:?}", appended.sequence_number));
-            let stream = self.model.get(name).expect("appended to");
-            stream.durable_next = stream.durable_next.max(appended.sequence_number + 1);
-            stream.synced_watermark = stream.next;
+            match self.store().durable(name, appended.sequence_number).await {
+                Ok(()) => {
+                    let stream = self.model.get(name).expect("appended to");
+                    stream.durable_next = stream.durable_next.max(appended.sequence_number + 1);
+                    stream.synced_watermark = stream.next;
+                }
+                Err(e) if faulty && is_storage_failure(&e) => {
+                    self.storage_failed(name, &e);
+                    self.adopt(name, &format!("after a failed sync of {name}"));
+                    return;
+                }
+                Err(e) => panic!("durable {name} {}: {e:?}", appended.sequence_number),
+            }
         }
     }
 
     fn describe(&mut self, name: &str) {
         let now = self.now();
         let got = self.store().describe(name);
+        if self.faulty(name) {
+            // Its flush may have failed and given numbers back.
+            self.adopt(name, "after a describe");
+        }
         match self.model.get(name) {
             Ok(stream) => {
                 let info = got.unwrap_or_else(|e| panic!("describe {name}: {e:?}"));
@@ -460,6 +688,12 @@ impl Harness {
     }
 
     fn update(&mut self, name: &str, change: &Change) {
+        if (self.fail_sync || self.space_limited)
+            && matches!(change, Change::Ttl(_))
+            && model::tolerates("read-sweep")
+        {
+            return;
+        }
         let now = self.now();
         let Ok(stream) = self.model.get(name) else {
             let def = MessageStreamDefinition::with_defaults(name.into());
@@ -470,8 +704,7 @@ impl Harness {
             // Whether an update removes expired segments before it checks
             // maxSize is the store's business; sweep first so it does not
             // matter.
-            self.store().enforce_retention();
-            self.model.enforce_retention(now);
+            self.enforce_retention();
         }
         let mut def = self.model.get(name).expect("looked up").def.clone();
         match change {
@@ -487,15 +720,30 @@ impl Harness {
                 }
             }
         }
+        let faulty = self.faulty(name);
         let got = self.store().update(def.clone());
-        match self.model.get(name).expect("looked up").update(def) {
-            Ok(()) => got.unwrap_or_else(|e| panic!("update {name} {change:?}: {e:?}")),
-            Err(e) => same_error(&format!("update {name} {change:?}"), got, &e),
+        let what = format!("update {name} {change:?}");
+        let mut updated = self.model.streams[name].clone();
+        match (got, updated.update(def)) {
+            (Err(e), _) if faulty && is_storage_failure(&e) => {
+                // Nothing changed (the definition is written atomically);
+                // whether the failed sync stops the stream's writes is
+                // left open.
+                if self.fail_sync {
+                    self.model.get(name).expect("exists").maybe_stopped = true;
+                }
+                self.adopt(name, &what);
+            }
+            (Ok(()), Ok(())) => *self.model.get(name).expect("exists") = updated,
+            (got, Ok(())) => panic!("{what}: {got:?}"),
+            (got, Err(e)) => same_error(&what, got, &e),
         }
     }
 
     /// Every visible message of every stream, and the list, match the model.
-    fn check_all(&self, when: &str) {
+    fn check_all(&mut self, when: &str) {
+        // A failed flush may have given unconfirmed numbers back.
+        self.adopt_all(when);
         assert_eq!(self.store().list(), self.model.list(), "list {when}");
         let now = self.now();
         for (name, stream) in &self.model.streams {
@@ -592,6 +840,12 @@ impl Harness {
         }
         self.store = Some(open(&self.fs, &self.clock));
         self.model.restart();
+        if model::tolerates("delete") {
+            let listed = self.store().list();
+            self.model
+                .streams
+                .retain(|name, s| !s.delete_failed || listed.contains(name));
+        }
         let now = self.now();
         let names: Vec<String> = self.model.streams.keys().cloned().collect();
         assert_eq!(self.store().list(), names, "list {when}");
@@ -621,6 +875,14 @@ impl Harness {
                 stream.next
             );
             stream.cut_to(survived_next, power_cut);
+            if stream.adopted {
+                // Its segments after storage failures are the store's.
+                let disk = self.disk_segments(&name, survived_next);
+                let stream = self.model.get(&name).expect("listed");
+                stream.adopt(&disk, survived_next);
+                stream.adopted = false;
+            }
+            let stream = self.model.get(&name).expect("listed");
             let oldest = stream.statuses(now).1.oldest;
             let older: Vec<Msg> = got.iter().filter(|m| m.seq < oldest).cloned().collect();
             if !older.is_empty() {
@@ -767,4 +1029,124 @@ fn read_all_seqs(store: &Store, name: &str) -> Vec<i64> {
     };
     let messages = store.try_read(name, &options).unwrap().unwrap();
     messages.iter().map(|m| m.sequence_number).collect()
+}
+
+/// A read removes expired segments itself (`Stream::try_read` calls
+/// `expire`), and removing the active segment seals it, which syncs: with
+/// a failing fsync the read fails with `Write(Sync)`, though a failed fsync
+/// only stops writes ("reads go on"), and the message it would return is
+/// expired anyway. Describe fails the same way.
+#[tokio::test]
+async fn reads_go_on_when_an_expired_segment_cannot_be_synced() {
+    let fs = SimulatedFs::new();
+    let clock = Arc::new(ManualClock::new(T0));
+    let store = open(&fs, &clock);
+    let mut def = file_stream("s", false, 1024, 1024);
+    def.time_to_live_millis = Some(60_000);
+    store.create(def).unwrap();
+    append_acked(&store, "s", 1).await;
+    fs.set_fail_sync(true);
+    clock.advance(60_000);
+    let read = store.try_read(
+        "s",
+        &ReadMessagesOptions {
+            desired_start_sequence_number: 0,
+            min_message_count: 0,
+            max_message_count: 10,
+            read_timeout_millis: 0,
+        },
+    );
+    assert!(
+        matches!(&read, Ok(Some(messages)) if messages.is_empty()),
+        "the only message has expired: {read:?}"
+    );
+    let described = store.describe("s").map(|info| info.storage_status);
+    assert!(described.is_ok(), "{described:?}");
+}
+
+/// Opening a new segment writes its header atomically (temp file, fsync,
+/// rename, folder fsync), but a failed fsync there comes back as
+/// `StorageError::Io` (`Segment::create` converts the `io::Error` of
+/// `write_atomically` with `?`), so `stops_writes` does not see it: the
+/// stream keeps taking appends after a failed fsync, and once syncs work
+/// again they succeed on files the page cache may not hold.
+#[tokio::test]
+async fn a_failed_fsync_opening_a_segment_stops_the_streams_writes() {
+    let fs = SimulatedFs::new();
+    let clock = Arc::new(ManualClock::new(T0));
+    let store = open(&fs, &clock);
+    store.create(file_stream("s", false, 1024, 1024)).unwrap();
+    fs.set_fail_sync(true);
+    assert!(matches!(
+        store.append("s", Bytes::from_static(b"a")),
+        Err(StoreError::Write(_) | StoreError::WritesStopped { .. })
+    ));
+    fs.set_fail_sync(false);
+    let again = store.append("s", Bytes::from_static(b"b"));
+    assert!(
+        matches!(again, Err(StoreError::WritesStopped { .. })),
+        "writes stop after a failed fsync until weir restarts: {again:?}"
+    );
+}
+
+/// `StreamFolders::delete` renames `stream.cbor` to `stream.deleted` before
+/// it syncs the folder; when that sync fails the delete answers an error
+/// and the stream stays in the registry, taking appends, but the next
+/// start finds `stream.deleted` and finishes the delete: a delete that
+/// failed takes the stream, and every message acknowledged since, away.
+#[tokio::test]
+async fn a_delete_that_fails_leaves_the_stream_whole_after_a_restart() {
+    let fs = SimulatedFs::new();
+    let clock = Arc::new(ManualClock::new(T0));
+    let store = open(&fs, &clock);
+    store
+        .create(file_stream("s", false, 1 << 20, 1 << 16))
+        .unwrap();
+    append_acked(&store, "s", 10).await;
+    fs.set_fail_sync(true);
+    assert!(store.delete("s").is_err());
+    fs.set_fail_sync(false);
+    assert_eq!(store.list(), ["s"], "the failed delete changed nothing");
+    drop(store);
+    let store = open(&fs, &clock);
+    assert_eq!(store.list(), ["s"], "nor does it after a restart");
+    assert_eq!(read_all_seqs(&store, "s"), [0]);
+}
+
+/// The same on a full disk: removing an expired active segment seals it
+/// (writes its index) and, as it is the last one, opens an empty one to
+/// keep the next sequence number; with no space left a describe or a read
+/// fails with "No space left on device" instead of answering.
+#[tokio::test]
+async fn describe_goes_on_when_the_disk_is_full_and_a_segment_has_expired() {
+    let fs = SimulatedFs::new();
+    let clock = Arc::new(ManualClock::new(T0));
+    let store = open(&fs, &clock);
+    let mut def = file_stream("s", false, 1024, 1024);
+    def.time_to_live_millis = Some(60_000);
+    store.create(def).unwrap();
+    append_acked(&store, "s", 1).await;
+    fs.set_space_left(Some(0));
+    clock.advance(60_000);
+    let described = store.describe("s").map(|info| info.storage_status);
+    assert!(described.is_ok(), "{described:?}");
+    assert_eq!(read_all_seqs(&store, "s"), Vec::<i64>::new(), "expired");
+}
+
+/// And until then the stream cannot be deleted at all: the retry, with
+/// syncs working again, fails because `stream.cbor` was already renamed.
+#[tokio::test]
+async fn a_delete_that_failed_can_be_retried() {
+    let fs = SimulatedFs::new();
+    let clock = Arc::new(ManualClock::new(T0));
+    let store = open(&fs, &clock);
+    store
+        .create(file_stream("s", false, 1 << 20, 1 << 16))
+        .unwrap();
+    fs.set_fail_sync(true);
+    assert!(store.delete("s").is_err());
+    fs.set_fail_sync(false);
+    let retry = store.delete("s");
+    assert!(retry.is_ok(), "{retry:?}");
+    assert!(store.list().is_empty());
 }

@@ -88,6 +88,20 @@ pub struct MStream {
     /// The next sequence number when the store was opened or last synced
     /// this stream (for tolerating `SYNC_AFTER_RESTART`).
     pub synced_watermark: i64,
+    /// Every message the store accepted, by sequence number (the latest
+    /// one for a number given back by a failed write and reused).
+    pub history: BTreeMap<i64, Msg>,
+    /// A failed fsync stopped the stream's writes: appends answer
+    /// `WritesStopped` until weir restarts.
+    pub stopped: bool,
+    /// A `sync_all` failed while this stream may have had something to
+    /// sync (its result is only logged): it may be stopped.
+    pub maybe_stopped: bool,
+    /// A storage failure hit the stream since the store was opened: the
+    /// model took its contents and segments from the store.
+    pub adopted: bool,
+    /// A delete of the stream failed (for tolerating `delete`).
+    pub delete_failed: bool,
 }
 
 /// Known defects the model can be told to tolerate while exploring for
@@ -145,6 +159,11 @@ impl MStream {
             durable_next: 0,
             written_next: 0,
             synced_watermark: 0,
+            history: BTreeMap::new(),
+            stopped: false,
+            maybe_stopped: false,
+            adopted: false,
+            delete_failed: false,
         }
     }
 
@@ -233,6 +252,7 @@ impl MStream {
             ingest_time: now,
             payload,
         };
+        self.history.insert(seq, msg.clone());
         match self.segments.last_mut().filter(|s| !s.sealed) {
             Some(active) => active.msgs.push(msg),
             None => self.segments.push(Seg {
@@ -349,6 +369,30 @@ impl MStream {
 }
 
 impl MStream {
+    /// Takes the stream's state from the store after a storage failure
+    /// left it somewhere the model cannot tell: `disk` are its segments
+    /// (first sequence number, sealed), `next` its next sequence number.
+    /// Every message must be one the store accepted.
+    pub fn adopt(&mut self, disk: &[(i64, bool)], next: i64) {
+        let mut segments = Vec::new();
+        for (i, &(first, sealed)) in disk.iter().enumerate() {
+            let end = disk.get(i + 1).map_or(next, |s| s.0);
+            let msgs: Vec<Msg> = (first..end)
+                .map(|seq| {
+                    self.history.get(&seq).cloned().unwrap_or_else(|| {
+                        panic!("{}: message {seq} was never accepted", self.def.name)
+                    })
+                })
+                .collect();
+            if !msgs.is_empty() {
+                segments.push(Seg { msgs, sealed });
+            }
+        }
+        self.segments = segments;
+        self.next = next;
+        self.adopted = true;
+    }
+
     /// Takes back, as sealed segments starting at `firsts`, messages older
     /// than the model's oldest that the store shows again.
     pub fn adopt_older(&mut self, older: Vec<Msg>, firsts: &[i64]) {
@@ -404,7 +448,10 @@ impl Model {
     /// A completed `sync_all` makes everything appended to a stream on disk
     /// durable.
     pub fn sync_all(&mut self) {
-        for stream in self.streams.values_mut().filter(|s| s.on_disk) {
+        // A stream whose writes a failed fsync stopped is not synced again:
+        // after a failed fsync the page cache cannot be trusted.
+        let synced = |s: &&mut MStream| s.on_disk && !s.stopped && !s.maybe_stopped;
+        for stream in self.streams.values_mut().filter(synced) {
             if tolerates("sync-after-restart") && stream.synced_watermark >= stream.next {
                 // The store believes everything it loaded is synced.
                 continue;
@@ -421,6 +468,8 @@ impl Model {
         self.streams.retain(|_, s| s.on_disk);
         for stream in self.streams.values_mut() {
             stream.synced_watermark = stream.next;
+            stream.stopped = false;
+            stream.maybe_stopped = false;
         }
     }
 }
