@@ -3,7 +3,6 @@
 //! is known to be durable. Deliberately naive (vectors, linear scans) so
 //! that it is obviously right; `tests/model_based.rs` runs it beside the
 //! real store and compares every answer.
-#![allow(dead_code)]
 
 use bytes::Bytes;
 use std::collections::BTreeMap;
@@ -86,7 +85,7 @@ pub struct MStream {
     /// or one covered by a sync): it survives weir stopping.
     pub written_next: i64,
     /// The next sequence number when the store was opened or last synced
-    /// this stream (for tolerating `SYNC_AFTER_RESTART`).
+    /// this stream (for tolerating `sync-after-restart`).
     pub synced_watermark: i64,
     /// Every message the store accepted, by sequence number (the latest
     /// one for a number given back by a failed write and reused).
@@ -104,9 +103,19 @@ pub struct MStream {
     pub delete_failed: bool,
 }
 
-/// Known defects the model can be told to tolerate while exploring for
-/// others (`WEIR_MODEL_TOLERATE=resurrect,sync-after-restart`); by default
-/// the model is strict and the test fails on them.
+/// Known defects the model can be told to accept while exploring for
+/// others, as a comma-separated `WEIR_MODEL_TOLERATE`; by default the model
+/// is strict and the test fails on them:
+/// * `resurrect`: segments removed by retention come back after a power
+///   cut (the model takes them back);
+/// * `sync-after-restart`: `sync_all` does not sync what the store loaded;
+/// * `read-sweep`: reads and describes remove expired segments, and fail
+///   when that cannot be written (the test makes no segment expire while
+///   the file system fails);
+/// * `sync-stops`: a failed fsync outside the data sync does not stop the
+///   stream's writes;
+/// * `delete`: a failed delete is finished at the next start, and cannot
+///   be retried before.
 pub fn tolerates(defect: &str) -> bool {
     std::env::var("WEIR_MODEL_TOLERATE").is_ok_and(|v| v.split(',').any(|d| d == defect))
 }
