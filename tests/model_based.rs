@@ -16,7 +16,8 @@
 //! each defect. While a defect is being fixed, the model can be told to
 //! accept it and look for others: `WEIR_MODEL_TOLERATE=` a comma-separated
 //! list of `resurrect`, `sync-after-restart`, `read-sweep`, `sync-stops`,
-//! `delete` (see `model::tolerates`). By default it accepts none.
+//! `delete`, `full-start` (see `model::tolerates`). By default it accepts
+//! none.
 
 mod model;
 
@@ -94,9 +95,11 @@ enum Op {
     },
     SyncAll,
     /// Drops the store and opens it again on the same files; with `sync`,
-    /// after a `sync_all` (a clean stop), else as after weir crashed.
+    /// after a `sync_all` (a clean stop), else as after weir crashed. With
+    /// `full_disk`, no space is left when it starts (and after).
     Restart {
         sync: bool,
+        full_disk: bool,
     },
     /// Drops the store, cuts the power and opens the store again. Every
     /// unsynced byte is lost; with `tear`, a random prefix of each file's
@@ -187,7 +190,8 @@ fn op_strategy() -> impl Strategy<Value = Op> {
         2 => (prop::sample::select(vec![10_000i64, 30_000, 60_000, 90_000]), any::<bool>())
             .prop_map(|(millis, sweep)| Op::Advance { millis, sweep }),
         1 => Just(Op::SyncAll),
-        1 => any::<bool>().prop_map(|sync| Op::Restart { sync }),
+        1 => (any::<bool>(), prop::bool::weighted(0.2))
+            .prop_map(|(sync, full_disk)| Op::Restart { sync, full_disk }),
         1 => prop::option::of(any::<u64>()).prop_map(|tear| Op::PowerCut { tear }),
         1 => any::<bool>().prop_map(Op::FailSync),
         1 => prop::sample::select(vec![Some(0u64), Some(300), Some(2_000), Some(6_000), None])
@@ -545,16 +549,25 @@ impl Harness {
             Op::FailSync(_) | Op::SpaceLeft(_)
                 if model::tolerates("read-sweep") && !(self.fail_sync || self.space_limited) =>
             {
-                // No expired segment left for a read to remove.
+                // No expired segment left for a read to remove, nor
+                // waiting appends whose failed write could make one.
+                for name in self.model.list() {
+                    self.store().describe(&name).expect("described");
+                }
                 self.enforce_retention();
                 self.set_fault(op);
             }
             Op::FailSync(_) | Op::SpaceLeft(_) => self.set_fault(op),
-            Op::Restart { sync } => {
+            Op::Restart { sync, full_disk } => {
                 self.clear_faults();
                 if *sync {
                     self.store().sync_all().await;
                     self.model.sync_all();
+                }
+                if *full_disk && !model::tolerates("full-start") {
+                    // Starting needs no space: recovery only reads (or
+                    // cuts a torn tail).
+                    self.set_fault(&Op::SpaceLeft(Some(0)));
                 }
                 self.reopen(None);
             }
@@ -1199,4 +1212,34 @@ async fn a_delete_that_failed_can_be_retried() {
     let retry = store.delete("s");
     assert!(retry.is_ok(), "{retry:?}");
     assert!(store.list().is_empty());
+}
+
+/// Opening the newest segment at start-up rewrites its index hints
+/// (`segment::recover`: `fs.create(&index_path)?` then `write_all_at(..)?`);
+/// on a full disk that write fails, `FileLog::open` skips the whole
+/// segment as unreadable, and the stream comes up without its newest
+/// messages and numbering from where the segment began: the next append
+/// reuses sequence numbers, and opening its segment overwrites the
+/// skipped segment's file.
+#[tokio::test]
+async fn a_full_disk_at_start_up_loses_no_messages() {
+    let fs = SimulatedFs::new();
+    let clock = Arc::new(ManualClock::new(T0));
+    let store = open(&fs, &clock);
+    store
+        .create(file_stream("s", false, 1 << 20, 1 << 16))
+        .unwrap();
+    append_acked(&store, "s", 10).await;
+    store.sync_all().await;
+    drop(store);
+    fs.set_space_left(Some(0));
+    let store = open(&fs, &clock);
+    assert_eq!(
+        read_all_seqs(&store, "s"),
+        [0],
+        "message 0 is on disk, synced"
+    );
+    fs.set_space_left(None);
+    let next = store.append("s", Bytes::from_static(b"x")).unwrap();
+    assert_eq!(next.sequence_number, 1, "numbering continues");
 }

@@ -116,6 +116,8 @@ pub struct MStream {
 ///   stream's writes;
 /// * `delete`: a failed delete is finished at the next start, and cannot
 ///   be retried before.
+/// * `full-start`: a store started on a full disk skips newest segments
+///   (the test does not start one on a full disk).
 pub fn tolerates(defect: &str) -> bool {
     std::env::var("WEIR_MODEL_TOLERATE").is_ok_and(|v| v.split(',').any(|d| d == defect))
 }
