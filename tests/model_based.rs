@@ -70,12 +70,15 @@ enum Op {
         lens: Vec<usize>,
         confirm: bool,
     },
+    /// `try_read`, or with `wait` the long-polling `read` (on tokio's
+    /// paused clock: a short read answers at its timeout, no later).
     Read {
         stream: usize,
         start: i64,
         min: i64,
         extra: i64,
         timeout: i64,
+        wait: bool,
     },
     Describe {
         stream: usize,
@@ -175,13 +178,21 @@ fn op_strategy() -> impl Strategy<Value = Op> {
         4 => create(),
         10 => (stream.clone(), prop::collection::vec(len, 1..4), prop::bool::weighted(0.85))
             .prop_map(|(stream, lens, confirm)| Op::Append { stream, lens, confirm }),
-        4 => (stream.clone(), 0i64..40, 0i64..5, 0i64..6, prop::sample::select(vec![0i64, 10]))
-            .prop_map(|(stream, start, min, extra, timeout)| Op::Read {
+        4 => (
+            stream.clone(),
+            0i64..40,
+            0i64..5,
+            0i64..6,
+            prop::sample::select(vec![0i64, 10, 5_000]),
+            any::<bool>()
+        )
+            .prop_map(|(stream, start, min, extra, timeout, wait)| Op::Read {
                 stream,
                 start,
                 min,
                 extra,
-                timeout
+                timeout,
+                wait
             }),
         2 => stream.clone().prop_map(|stream| Op::Describe { stream }),
         2 => (stream.clone(), change).prop_map(|(stream, change)| Op::Update { stream, change }),
@@ -460,6 +471,7 @@ impl Harness {
                 min,
                 extra,
                 timeout,
+                wait,
             } => {
                 let name = NAMES[*stream];
                 let options = ReadMessagesOptions {
@@ -469,16 +481,27 @@ impl Harness {
                     read_timeout_millis: *timeout,
                 };
                 let now = self.now();
-                let got = self.store().try_read(name, &options);
+                let started = tokio::time::Instant::now();
+                let got = if *wait {
+                    self.store().read(name, options).await.map(Some)
+                } else {
+                    self.store().try_read(name, &options)
+                };
+                let waited = started.elapsed().as_millis() as i64;
                 if self.faulty(name) {
                     // Its flush may have failed and given numbers back.
                     self.adopt(name, "before a read");
                 }
-                let expected = self
-                    .model
-                    .get(name)
-                    .and_then(|s| s.read(*start, *min, min + extra, *timeout, now, MAX_READ_BYTES));
-                let what = format!("read {name} {options:?}");
+                let expected = self.model.get(name).and_then(|s| {
+                    // A long poll that comes up short answers as a
+                    // read that does not wait.
+                    let timeout = if *wait { 0 } else { *timeout };
+                    s.read(*start, *min, min + extra, timeout, now, MAX_READ_BYTES)
+                });
+                let what = format!("read {name} {options:?} (wait: {wait})");
+                let short = matches!(expected, Err(MErr::NotEnoughMessages { .. }));
+                let expected_wait = if *wait && short { *timeout } else { 0 };
+                assert_eq!(waited, expected_wait, "{what}: answered after {waited} ms");
                 match expected {
                     Ok(MRead::WouldWait) => {
                         assert!(
@@ -977,6 +1000,7 @@ impl Harness {
 fn run_ops(ops: &[Op]) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        .start_paused(true)
         .build()
         .expect("a runtime");
     runtime.block_on(async {
