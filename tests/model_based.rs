@@ -259,6 +259,17 @@ fn open(fs: &SimulatedFs, clock: &Arc<ManualClock>) -> Store {
     .expect("the store opens")
 }
 
+fn open_store(fs: &SimulatedFs, clock: &Arc<ManualClock>, in_memory: bool) -> Store {
+    if in_memory {
+        let limits = StoreLimits {
+            max_read_bytes: MAX_READ_BYTES,
+        };
+        Store::new(clock.clone(), limits)
+    } else {
+        open(fs, clock)
+    }
+}
+
 /// The model's view of a store error; `None` for errors the model never
 /// expects (storage failures), which fail the test with the error shown.
 fn as_model_error(e: &StoreError) -> Option<MErr> {
@@ -310,15 +321,19 @@ fn messages(got: Vec<weir::protocol::model::Message>) -> Vec<Msg> {
 }
 
 impl Harness {
-    fn new() -> Self {
+    /// `in_memory`: a store made by `Store::new`, every stream in memory.
+    fn new(in_memory: bool) -> Self {
         let fs = SimulatedFs::new();
         let clock = Arc::new(ManualClock::new(T0));
-        let store = open(&fs, &clock);
+        let store = open_store(&fs, &clock, in_memory);
         Harness {
             fs,
             clock,
             store: Some(store),
-            model: Model::default(),
+            model: Model {
+                in_memory,
+                ..Model::default()
+            },
             payloads: 0,
             fail_sync: false,
             space_limited: false,
@@ -924,7 +939,7 @@ impl Harness {
                     .crash(|_, unsynced| tear.below(unsynced as u64 + 1) as usize);
             }
         }
-        self.store = Some(open(&self.fs, &self.clock));
+        self.store = Some(open_store(&self.fs, &self.clock, self.model.in_memory));
         self.model.restart();
         if model::tolerates("delete") {
             let listed = self.store().list();
@@ -997,14 +1012,14 @@ impl Harness {
     }
 }
 
-fn run_ops(ops: &[Op]) {
+fn run_ops(ops: &[Op], in_memory: bool) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .start_paused(true)
         .build()
         .expect("a runtime");
     runtime.block_on(async {
-        let mut harness = Harness::new();
+        let mut harness = Harness::new(in_memory);
         for op in ops {
             harness.run(op).await;
         }
@@ -1021,7 +1036,14 @@ proptest! {
 
     #[test]
     fn the_store_behaves_like_the_model(ops in ops_strategy()) {
-        run_ops(&ops);
+        run_ops(&ops, false);
+    }
+
+    /// `Store::new`: File streams too are kept in memory, and a restart
+    /// starts empty.
+    #[test]
+    fn the_memory_store_behaves_like_the_model(ops in ops_strategy()) {
+        run_ops(&ops, true);
     }
 }
 

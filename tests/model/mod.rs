@@ -425,6 +425,8 @@ impl MStream {
 #[derive(Clone, Debug, Default)]
 pub struct Model {
     pub streams: BTreeMap<String, MStream>,
+    /// A store without a folder (`Store::new`): every stream in memory.
+    pub in_memory: bool,
 }
 
 impl Model {
@@ -432,7 +434,7 @@ impl Model {
         if self.streams.contains_key(&def.name) {
             return Err(MErr::AlreadyExists);
         }
-        let on_disk = def.persistence == Persistence::File;
+        let on_disk = !self.in_memory && def.persistence == Persistence::File;
         self.streams
             .insert(def.name.clone(), MStream::new(def, on_disk));
         Ok(())
