@@ -123,8 +123,9 @@ fn create() -> impl Strategy<Value = Op> {
         stream.clone(),
         prop::bool::weighted(0.75),
         any::<bool>(),
-        prop::sample::select(vec![1024i64, 1500, 2048, 4096]),
-        prop::sample::select(vec![1024i64, 2048, 4096, 8192]),
+        // Segments over 4096 bytes get more than one index entry.
+        prop::sample::select(vec![1024i64, 1500, 2048, 4096, 16384]),
+        prop::sample::select(vec![1024i64, 2048, 4096, 8192, 65536]),
         any::<bool>(),
         prop::sample::select(vec![None, None, Some(60_000i64), Some(120_000)]),
     )
@@ -161,8 +162,9 @@ fn ops_strategy() -> impl Strategy<Value = Vec<Op>> {
 fn op_strategy() -> impl Strategy<Value = Op> {
     let stream = 0..NAMES.len();
     let change = prop_oneof![
-        prop::sample::select(vec![1024i64, 2048, 4096, 8192, 16384]).prop_map(Change::MaxSize),
-        prop::sample::select(vec![1024i64, 1500, 2048, 4096]).prop_map(Change::SegmentSize),
+        prop::sample::select(vec![1024i64, 2048, 4096, 8192, 16384, 65536])
+            .prop_map(Change::MaxSize),
+        prop::sample::select(vec![1024i64, 1500, 2048, 4096, 16384]).prop_map(Change::SegmentSize),
         prop::sample::select(vec![
             StrategyOnFull::RejectNewData,
             StrategyOnFull::OverwriteOldestData
@@ -176,11 +178,13 @@ fn op_strategy() -> impl Strategy<Value = Op> {
     let len = prop_oneof![9 => 1usize..600, 1 => 1000usize..2100];
     prop_oneof![
         4 => create(),
-        10 => (stream.clone(), prop::collection::vec(len, 1..4), prop::bool::weighted(0.85))
+        10 => (stream.clone(), prop::collection::vec(len.clone(), 1..4), prop::bool::weighted(0.85))
+            .prop_map(|(stream, lens, confirm)| Op::Append { stream, lens, confirm }),
+        2 => (stream.clone(), prop::collection::vec(len, 10..40), prop::bool::weighted(0.85))
             .prop_map(|(stream, lens, confirm)| Op::Append { stream, lens, confirm }),
         4 => (
             stream.clone(),
-            0i64..40,
+            0i64..200,
             0i64..5,
             0i64..6,
             prop::sample::select(vec![0i64, 10, 5_000]),
