@@ -651,11 +651,20 @@ pub fn recover(
     }
     let bytes = offset - SEGMENT_HEADER_LEN;
     let index_file = if is_last {
-        // Rewrite the hint file from what was verified.
-        let f = fs.create(&index_path).during(op)?;
+        // Rewrite the hint file from what was verified. It is only a hint:
+        // on a full disk (or any other failure) the segment is served
+        // without it, and the next start scans a little more.
         let entries: Vec<u8> = index.iter().flat_map(IndexEntry::encode).collect();
-        f.write_all_at(&entries, 0).during(op)?;
-        Some(f)
+        match fs
+            .create(&index_path)
+            .and_then(|f| f.write_all_at(&entries, 0).map(|()| f))
+        {
+            Ok(f) => Some(f),
+            Err(e) => {
+                tracing::warn!(path = %index_path.display(), error = %e, "index hints not rewritten; the segment is served without them");
+                None
+            }
+        }
     } else {
         None
     };
