@@ -34,6 +34,13 @@ impl SegmentLog for MemoryLog {
         self.segments.front().map(|s| s.info)
     }
 
+    fn segment_from(&self, seq: i64) -> Option<SegmentInfo> {
+        let index = self
+            .segments
+            .partition_point(|s| s.info.next_sequence_number <= seq);
+        self.segments.get(index).map(|s| s.info)
+    }
+
     fn active_segment(&self) -> Option<SegmentInfo> {
         self.segments
             .back()
@@ -106,7 +113,8 @@ impl SegmentLog for MemoryLog {
             let start = usize::try_from(from - segment.info.first_sequence_number).unwrap_or(0);
             for message in segment.messages.iter().skip(start) {
                 let cost = limits.cost(message.payload.len());
-                if out.len() == limits.max_count || (!out.is_empty() && bytes + cost > limits.max_bytes)
+                if out.len() == limits.max_count
+                    || (!out.is_empty() && bytes + cost > limits.max_bytes)
                 {
                     return Ok(out);
                 }
