@@ -154,6 +154,26 @@ async fn waiters_return_when_the_leader_stops_waiting() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_leader_dropped_during_its_fsync_still_records_the_failure() {
+    let fs = SimulatedFs::new();
+    let (store, mut leader, waiter) = leader_and_waiter(&fs);
+    fs.set_fail_sync(true);
+    // The second poll passes the gathering yield and starts the fdatasync
+    // (on a blocking thread: the stream has not shown its disk fast yet).
+    assert!(poll_once(&mut leader).is_pending());
+    drop(leader);
+    match promptly(waiter).await {
+        Err(StoreError::WritesStopped { .. }) => {}
+        other => panic!("the waiter: {other:?}"),
+    }
+    fs.set_fail_sync(false);
+    assert!(matches!(
+        store.append("f", payload("f", 1)),
+        Err(StoreError::WritesStopped { .. })
+    ));
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_sync_of_an_append_whose_write_failed_fails_for_every_waiter() {
     let fs = SimulatedFs::new();
     let store = open(&fs);

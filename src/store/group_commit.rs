@@ -32,9 +32,13 @@
 //! seen *before* it looks at the state, and sleeps only after seeing a
 //! leader, whose release is a later change.
 //!
-//! The stream ([`super::stream::Stream::sync_to`]) runs each leadership in a
-//! task of its own, so a caller that stops waiting (its connection closed)
-//! never abandons a sync half done: the outcome of every fsync is recorded.
+//! The leader is whichever waiter found no sync under way; it syncs in its
+//! own future ([`super::stream::Stream::sync_to`]), so no task is spawned
+//! per sync. If that future is dropped (its connection closed) before the
+//! fdatasync, the guard hands over at once; an fdatasync already running on
+//! a blocking thread owns the leadership and records its own outcome
+//! ([`GroupCommit::sync`]), so no other sync overlaps it and no fsync
+//! failure is lost.
 
 use super::fs::FileHandle;
 use super::StorageFailure;
@@ -133,23 +137,33 @@ impl GroupCommit {
     }
 
     /// Runs `file.sync_data()`, on this thread if the disk has been fast,
-    /// else on a blocking thread.
-    pub async fn sync(&self, file: Arc<dyn FileHandle>) -> std::io::Result<()> {
+    /// else on a blocking thread, and hands its result to `done` right
+    /// after, in the same place: even if the caller stops waiting for a
+    /// sync on a blocking thread, `done` (which owns the leadership) runs.
+    /// False only if the blocking task panicked (the outcome is unknown).
+    pub async fn sync(
+        &self,
+        file: Arc<dyn FileHandle>,
+        done: impl FnOnce(std::io::Result<()>) + Send + 'static,
+    ) -> bool {
         let started = std::time::Instant::now();
-        let result = if self.sync_micros.load(Relaxed) < INLINE_SYNC_MICROS {
-            file.sync_data()
+        let sync = move || done(file.sync_data());
+        let finished = if self.sync_micros.load(Relaxed) < INLINE_SYNC_MICROS {
+            sync();
+            true
         } else {
-            match tokio::task::spawn_blocking(move || file.sync_data()).await {
-                Ok(result) => result,
-                Err(join) => Err(std::io::Error::other(format!(
-                    "the fdatasync task failed: {join}"
-                ))),
+            match tokio::task::spawn_blocking(sync).await {
+                Ok(()) => true,
+                Err(join) => {
+                    tracing::error!(error = %join, "the fdatasync task failed");
+                    false
+                }
             }
         };
         let took = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         let average = self.sync_micros.load(Relaxed);
         self.sync_micros.store((average * 7 + took) / 8, Relaxed);
-        result
+        finished
     }
 }
 
@@ -162,7 +176,7 @@ pub struct Leadership {
 }
 
 impl Leadership {
-    pub fn commit(&self) -> &GroupCommit {
+    pub fn commit(&self) -> &Arc<GroupCommit> {
         &self.commit
     }
 

@@ -350,14 +350,13 @@ impl Stream {
                     };
                 }
             }
-            // A task of its own, so a caller that stops waiting never leaves
-            // a sync half done (its outcome unrecorded).
-            tokio::spawn(Arc::clone(self).lead(leadership));
+            Arc::clone(self).lead(leadership).await;
         }
     }
 
-    /// One group-commit sync. Every way out drops `leadership`, which wakes
-    /// every waiter; what they find decides their answer.
+    /// One group-commit sync. Every way out, including this future being
+    /// dropped, drops `leadership`, which wakes every waiter; what they find
+    /// decides their answer.
     async fn lead(self: Arc<Self>, leadership: Leadership) {
         // Let appends already on their way write first, so this sync covers
         // them too: yield (tokio runs the I/O driver before a yielded task
@@ -389,18 +388,37 @@ impl Stream {
             }
             (state.log.next_sequence_number(), state.log.sync_target())
         };
-        let synced = match target {
-            Some(file) => leadership.commit().sync(file).await,
-            None => Ok(()),
+        let Some(file) = target else {
+            self.finish_sync(leadership, covered, Ok(()));
+            return;
         };
+        // The sync's outcome is recorded, and the leadership ends, in the
+        // same place as the sync: if this future is dropped while the sync
+        // runs on a blocking thread, no other sync starts before it ends and
+        // its failure is not lost.
+        let commit = Arc::clone(leadership.commit());
+        let stream = Arc::clone(&self);
+        let done = move |result| stream.finish_sync(leadership, covered, result);
+        if !commit.sync(file, done).await {
+            // The blocking task panicked: the outcome is unknown.
+            if let Ok(mut state) = self.lock_any() {
+                let unknown = std::io::Error::other("the fdatasync task panicked");
+                state.failed(Operation::Sync, Fault::Sync(unknown));
+            }
+        }
+    }
+
+    /// Ends a sync: records its failure, then publishes what it covered
+    /// unless the stream's writes have stopped. Checked and published under
+    /// the lock, so a failure recorded before is never followed by an
+    /// acknowledgement.
+    fn finish_sync(&self, leadership: Leadership, covered: i64, result: std::io::Result<()>) {
         let Ok(mut state) = self.lock() else {
             return;
         };
-        if let Err(e) = synced {
+        if let Err(e) = result {
             state.failed(Operation::Sync, Fault::Sync(e));
         }
-        // Checked and published under the lock: a failure recorded before
-        // this point is never followed by an acknowledgement.
         match &state.writes_stopped {
             Some(cause) => leadership.close(Closed::WritesStopped(Arc::clone(cause))),
             None => leadership.publish(covered),
