@@ -17,7 +17,7 @@ use std::time::Duration;
 use weir::clock::ManualClock;
 use weir::protocol::model::{MessageStreamDefinition, StrategyOnFull};
 use weir::store::simfs::SimulatedFs;
-use weir::store::{Store, StoreError, StoreLimits};
+use weir::store::{Operation, Store, StoreError, StoreLimits};
 
 const ROOT: &str = "/store";
 const T0: i64 = 1_700_000_000_000;
@@ -134,7 +134,13 @@ async fn waiters_return_when_the_fsync_fails() {
     fs.set_fail_sync(true);
     for (who, future) in [("leader", leader), ("waiter", waiter)] {
         match promptly(future).await {
-            Err(StoreError::WritesStopped { .. }) => {}
+            Err(StoreError::WritesStopped { cause, .. }) => {
+                assert_eq!(cause.operation, Operation::Sync, "{who}");
+                assert!(
+                    cause.io_kind().is_some(),
+                    "{who}: the I/O error kind is kept"
+                );
+            }
             other => panic!("{who}: {other:?}"),
         }
     }
