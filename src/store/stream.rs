@@ -413,7 +413,8 @@ impl Stream {
     /// the lock, so a failure recorded before is never followed by an
     /// acknowledgement.
     fn finish_sync(&self, leadership: Leadership, covered: i64, result: std::io::Result<()>) {
-        let Ok(mut state) = self.lock() else {
+        // Even a deleted stream records (and logs) a failed sync.
+        let Ok(mut state) = self.lock_any() else {
             return;
         };
         if let Err(e) = result {
