@@ -34,8 +34,14 @@
 //!   [`store::fs::FileSystem`] seam, which tests fill with
 //!   `store::simfs::SimulatedFs` (feature `test-util`) to cut the power at
 //!   any point.
-//!   Durability: appends are written to the OS before they are acknowledged;
-//!   `flushOnWrite` ones after a shared `fdatasync` (group commit).
+//!   Acknowledgements: an append is answered with success only once its
+//!   write to the OS is known to have succeeded, a `flushOnWrite` one only
+//!   after a shared `fdatasync` ([`store::group_commit`], whose waiters are
+//!   woken on every way out of a sync); a failed fsync anywhere stops the
+//!   stream's writes before anything else is acknowledged. The contract is
+//!   written once, in the [`store::stream`] module doc. Reads and describes
+//!   have no side effects that can fail them: TTL removal is the writer's
+//!   and the sweeper's.
 //! * [`auth`]: client tokens. [`config`]: the Java server's environment
 //!   variables. [`clock`]: wall time, passed in. [`daemon`]: lifecycle.
 //! * [`mod@bench`]: `weir bench`, a native load generator, and a server that

@@ -354,8 +354,8 @@ async fn a_full_disk_fails_appends_keeps_data_and_recovers() {
         let appended = store.append("s", Bytes::from(vec![7u8; 200])).unwrap();
         match store.confirm("s", appended.ticket) {
             Ok(()) => {}
-            Err(StoreError::AppendFailed { reason, .. }) => {
-                assert!(reason.contains("No space left"), "{reason}");
+            Err(StoreError::AppendFailed { cause, .. }) => {
+                assert!(cause.to_string().contains("No space left"), "{cause}");
                 failures += 1;
             }
             Err(other) => panic!("{other}"),

@@ -176,6 +176,10 @@ pub trait SegmentLog: Send {
     fn next_sequence_number(&self) -> i64;
     /// The oldest retained segment.
     fn oldest_segment(&self) -> Option<SegmentInfo>;
+    /// The first retained segment that holds `seq` or starts after it:
+    /// reads and describes walk past expired segments with it, without
+    /// removing them.
+    fn segment_from(&self, seq: i64) -> Option<SegmentInfo>;
     /// The segment appends go to, if one is open.
     fn active_segment(&self) -> Option<SegmentInfo>;
     /// Sum of the segments' bytes.

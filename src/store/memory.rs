@@ -34,6 +34,13 @@ impl SegmentLog for MemoryLog {
         self.segments.front().map(|s| s.info)
     }
 
+    fn segment_from(&self, seq: i64) -> Option<SegmentInfo> {
+        let index = self
+            .segments
+            .partition_point(|s| s.info.next_sequence_number <= seq);
+        self.segments.get(index).map(|s| s.info)
+    }
+
     fn active_segment(&self) -> Option<SegmentInfo> {
         self.segments
             .back()

@@ -1,13 +1,17 @@
 //! Message streams and where their messages live.
 //!
 //! [`Store`] is the registry of streams and the domain API the server calls;
-//! [`stream::Stream`] holds one stream's state; [`log::SegmentLog`] is the
-//! storage seam, filled by [`memory::MemoryLog`]; [`retention`] is the pure
-//! policy of what leaves a stream.
+//! [`stream::Stream`] holds one stream's state, and its module doc is the
+//! acknowledgement contract (append → write → confirm → durable);
+//! [`group_commit`] is the shared `fdatasync` behind `flushOnWrite`;
+//! [`log::SegmentLog`] is the storage seam, filled by [`file::FileLog`] and
+//! [`memory::MemoryLog`]; [`retention`] is the pure policy of what leaves a
+//! stream.
 
 pub mod disk;
 pub mod file;
 pub mod fs;
+pub mod group_commit;
 pub mod log;
 pub mod memory;
 pub mod retention;
@@ -22,7 +26,7 @@ use crate::protocol::model::{
 use bytes::Bytes;
 use log::{SegmentLog, StorageError};
 use std::collections::BTreeMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 pub use stream::Appended;
 use stream::{ReadAttempt, Stream};
@@ -67,13 +71,114 @@ pub enum StoreError {
     #[error("reading message stream failed: {0}")]
     Read(StorageError),
     #[error("writing message stream failed: {0}")]
-    Write(StorageError),
+    Write(Arc<StorageFailure>),
     #[error("message stream {0} is unusable after an internal error")]
     Poisoned(String),
-    #[error("message stream {name} takes no more writes until weir restarts: {reason}")]
-    WritesStopped { name: String, reason: String },
-    #[error("the message could not be written to message stream {name}: {reason}")]
-    AppendFailed { name: String, reason: String },
+    /// A failure after which the stream's files can no longer be trusted to
+    /// hold what was written (a failed fsync): nothing more is acknowledged.
+    #[error("message stream {name} takes no more writes until weir restarts: {cause}")]
+    WritesStopped {
+        name: String,
+        cause: Arc<StorageFailure>,
+    },
+    /// An append whose write is not known to have succeeded.
+    #[error("the message could not be written to message stream {name}: {cause}")]
+    AppendFailed {
+        name: String,
+        cause: Arc<StorageFailure>,
+    },
+}
+
+/// A storage failure as the stream layer reports it: what it was doing,
+/// and what went wrong, with the error's kind kept (shared, because one
+/// failure answers every append it concerns).
+#[derive(Debug, thiserror::Error)]
+#[error("{operation}: {fault}")]
+pub struct StorageFailure {
+    pub operation: Operation,
+    pub fault: Fault,
+}
+
+/// What the stream was doing when storage failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    /// Writing buffered appends to the operating system.
+    Write,
+    /// Appending a record (which may open a new segment).
+    Append,
+    Seal,
+    /// Retention removing the oldest segment.
+    RemoveSegment,
+    /// The group commit's fdatasync.
+    Sync,
+    SaveDefinition,
+    CreateStream,
+    DeleteStream,
+}
+
+impl std::fmt::Display for Operation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Operation::Write => "writing appended messages",
+            Operation::Append => "appending a message",
+            Operation::Seal => "sealing a segment",
+            Operation::RemoveSegment => "removing the oldest segment",
+            Operation::Sync => "syncing appended messages to disk",
+            Operation::SaveDefinition => "saving the stream definition",
+            Operation::CreateStream => "creating the stream",
+            Operation::DeleteStream => "deleting the stream",
+        })
+    }
+}
+
+/// What went wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum Fault {
+    #[error(transparent)]
+    Storage(StorageError),
+    /// The group commit's fdatasync failed; it always stops writes.
+    #[error("fdatasync failed: {0}")]
+    Sync(std::io::Error),
+    /// A sync was asked for a message whose write had failed.
+    #[error("message {0} is not in the stream: its write failed")]
+    NotWritten(i64),
+    /// An append's outcome is not known (it is older than the failures
+    /// remembered): it is not acknowledged, as it may have failed.
+    #[error("whether this append was written is no longer known")]
+    OutcomeUnknown,
+}
+
+impl StorageFailure {
+    pub fn new(operation: Operation, fault: Fault) -> Arc<Self> {
+        Arc::new(StorageFailure { operation, fault })
+    }
+
+    /// Whether the stream's files can no longer be trusted to hold what was
+    /// written, so it must stop taking writes.
+    pub fn stops_writes(&self) -> bool {
+        match &self.fault {
+            Fault::Storage(e) => e.stops_writes(),
+            Fault::Sync(_) => true,
+            Fault::NotWritten(_) | Fault::OutcomeUnknown => false,
+        }
+    }
+
+    /// The kind of the underlying I/O error, if there is one: the first
+    /// `std::io::Error` in the error's source chain.
+    pub fn io_kind(&self) -> Option<std::io::ErrorKind> {
+        let mut error: Option<&(dyn std::error::Error + 'static)> = match &self.fault {
+            Fault::Sync(e) => return Some(e.kind()),
+            Fault::Storage(e) => Some(e),
+            Fault::NotWritten(_) | Fault::OutcomeUnknown => None,
+        };
+        while let Some(e) = error {
+            if let Some(io) = e.downcast_ref::<std::io::Error>() {
+                return Some(io.kind());
+            }
+            error = e.source();
+        }
+        None
+    }
 }
 
 /// Limits the store enforces on behalf of the server.
@@ -89,6 +194,10 @@ pub struct Store {
     disk: Option<disk::StreamFolders>,
     clock: Arc<dyn Clock>,
     limits: StoreLimits,
+    /// Held by creates and deletes for their whole run (never by appends,
+    /// reads or describes), so they need not hold the registry lock while
+    /// they work on the disk.
+    streams_changing: Mutex<()>,
 }
 
 impl Store {
@@ -100,6 +209,7 @@ impl Store {
             disk: None,
             clock,
             limits,
+            streams_changing: Mutex::new(()),
         }
     }
 
@@ -130,6 +240,7 @@ impl Store {
             disk: Some(folders),
             clock,
             limits,
+            streams_changing: Mutex::new(()),
         })
     }
 
@@ -146,70 +257,91 @@ impl Store {
             .ok_or_else(|| StoreError::NotFound(name.to_owned()))
     }
 
+    /// Creates a stream. Its folder and definition are made without the
+    /// registry lock held (appends to other streams look streams up in the
+    /// registry and must not wait for this disk work); `streams_changing`
+    /// keeps creates and deletes from racing each other meanwhile.
     pub fn create(&self, definition: MessageStreamDefinition) -> Result<(), StoreError> {
-        let mut streams = self.streams.write().expect("registry lock");
-        if streams.contains_key(&definition.name) {
+        let _changing = self.streams_changing.lock().expect("streams_changing lock");
+        if self.get(&definition.name).is_ok() {
             return Err(StoreError::AlreadyExists(definition.name));
         }
         let stream = match (&self.disk, definition.persistence) {
             (Some(disk), Persistence::File) => {
-                let log = disk.create(&definition).map_err(StoreError::Write)?;
+                let log = disk.create(&definition).map_err(|e| {
+                    StoreError::Write(StorageFailure::new(
+                        Operation::CreateStream,
+                        Fault::Storage(e),
+                    ))
+                })?;
                 Stream::new(definition, Box::new(log), true)
             }
             _ => Stream::new(definition, Box::new(memory::MemoryLog::new()), false),
         };
-        streams.insert(stream.name().to_owned(), Arc::new(stream));
+        self.streams
+            .write()
+            .expect("registry lock")
+            .insert(stream.name().to_owned(), Arc::new(stream));
         Ok(())
     }
 
+    /// Deletes a stream, all or nothing: the commit point is
+    /// [`disk::StreamFolders::mark_deleted`]. If it fails, the stream is
+    /// whole (and, if an fsync failed, takes no more writes); once it has
+    /// happened the stream is gone, whatever the steps after it say, and an
+    /// unfinished removal is finished at the next start. Disk work happens
+    /// without the registry lock held, as in [`Store::create`].
     pub fn delete(&self, name: &str) -> Result<(), StoreError> {
-        let mut streams = self.streams.write().expect("registry lock");
-        let stream = streams
-            .get(name)
-            .ok_or_else(|| StoreError::NotFound(name.to_owned()))?;
+        let _changing = self.streams_changing.lock().expect("streams_changing lock");
+        let stream = self.get(name)?;
         let disk = self.disk.as_ref().filter(|_| stream.is_on_disk());
         if let Some(disk) = disk {
-            // The commit point: from here on the stream is gone, whatever
-            // the steps after it say (see `disk::StreamFolders`).
-            disk.mark_deleted(name).map_err(StoreError::Write)?;
+            disk.mark_deleted(name)
+                .map_err(|e| stream.storage_failed(Operation::DeleteStream, e))?;
         }
-        let stream = streams.remove(name).expect("looked up above");
+        self.streams.write().expect("registry lock").remove(name);
         stream.delete();
         match disk {
-            Some(disk) => disk.finish_delete(name).map_err(StoreError::Write),
+            Some(disk) => disk.finish_delete(name).map_err(|e| {
+                StoreError::Write(StorageFailure::new(
+                    Operation::DeleteStream,
+                    Fault::Storage(e),
+                ))
+            }),
             None => Ok(()),
         }
     }
 
     /// Appends; the message may wait in memory with others of its stream.
-    /// Before acknowledging it, [`Store::confirm`] writes it to the OS (from
-    /// then on it survives a crash of weir) and, for a `flushOnWrite`
-    /// stream, [`Store::durable`] makes it survive a power cut.
+    /// It is acknowledged only after [`Store::confirm`] and, for a
+    /// `flushOnWrite` stream, [`Store::durable`]: the acknowledgement
+    /// contract is in the [`stream`] module doc.
     pub fn append(&self, name: &str, payload: Bytes) -> Result<Appended, StoreError> {
         self.get(name)?.append(payload, self.now_millis())
     }
 
     /// Writes a buffered append to the operating system (with every other
-    /// waiting append of its stream) and says whether that worked.
+    /// waiting append of its stream) and says whether that is known to have
+    /// worked ([`stream`] module doc).
     pub fn confirm(&self, name: &str, ticket: u64) -> Result<(), StoreError> {
         self.get(name)?.confirm(ticket)
     }
 
-    /// Returns once message `seq` of stream `name` is synced.
+    /// Returns once message `seq` of stream `name` is synced (an error if it
+    /// cannot be: the stream is gone, its writes stopped, or `seq` was never
+    /// written).
     pub async fn durable(&self, name: &str, seq: i64) -> Result<(), StoreError> {
-        self.get(name)?.sync_to(seq).await
+        let stream = self.get(name)?;
+        stream.sync_to(seq).await
     }
 
-    /// Syncs everything appended to every stream on disk (the background
-    /// sync of streams without `flushOnWrite`, and shutdown).
+    /// Syncs everything written to every stream on disk (the background
+    /// sync of streams without `flushOnWrite`, and shutdown). Every stream's
+    /// sync returns, whatever happens to it ([`group_commit`]).
     pub async fn sync_all(&self) {
         let streams = self.all_streams();
         for stream in streams.into_iter().filter(|s| s.is_on_disk()) {
-            let result = match stream.next_sequence_number() {
-                Ok(next) => stream.sync_to(next - 1).await,
-                Err(e) => Err(e),
-            };
-            match result {
+            match stream.sync_written().await {
                 Ok(()) | Err(StoreError::NotFound(_)) => {}
                 Err(e) => {
                     tracing::error!(stream = stream.name(), error = %e, "background sync failed")
@@ -311,8 +443,9 @@ impl Store {
             .collect()
     }
 
-    /// Applies TTL to every stream (run periodically, so idle streams shrink
-    /// too).
+    /// Applies TTL to every stream: with appends, the only place expired
+    /// segments are removed (reads and describes only skip them). Run
+    /// periodically, so idle streams shrink too.
     pub fn enforce_retention(&self) {
         let streams = self.all_streams();
         let now = self.now_millis();

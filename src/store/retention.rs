@@ -1,6 +1,9 @@
 //! Retention policy, pure: given a stream's settings and its segments, what
-//! must go. The stream's single writer carries it out (only whole segments
-//! ever leave, so `oldestSequenceNumber` moves in segment steps).
+//! must go. The stream's writer (an append) and the sweeper carry it out;
+//! reads and describes only look past expired segments
+//! ([`first_unexpired`]), so they never fail or change files because TTL
+//! is due. Only whole segments ever leave, so `oldestSequenceNumber` moves
+//! in segment steps.
 
 use super::log::SegmentInfo;
 use crate::protocol::model::StrategyOnFull;
@@ -15,6 +18,25 @@ pub fn expired(segment: &SegmentInfo, ttl_millis: Option<i64>, now_millis: i64) 
     !empty
         && ttl_millis
             .is_some_and(|ttl| segment.newest_ingest_time.saturating_add(ttl) <= now_millis)
+}
+
+/// What a reader sees of a stream whose expired segments are still there:
+/// the first segment that has not expired (expired ones are a prefix, as
+/// the writer removes them oldest first), and the bytes of those before it.
+/// `next` gives the segment after one ending at a sequence number.
+pub fn first_unexpired(
+    oldest: Option<SegmentInfo>,
+    next: impl Fn(i64) -> Option<SegmentInfo>,
+    ttl_millis: Option<i64>,
+    now_millis: i64,
+) -> (Option<SegmentInfo>, u64) {
+    let mut segment = oldest;
+    let mut expired_bytes = 0;
+    while let Some(s) = segment.filter(|s| expired(s, ttl_millis, now_millis)) {
+        expired_bytes += s.bytes;
+        segment = next(s.next_sequence_number);
+    }
+    (segment, expired_bytes)
 }
 
 /// What to do before appending a record of `record_bytes` to a stream that
@@ -82,6 +104,34 @@ mod tests {
             Some(60_000),
             i64::MAX - 1
         ));
+    }
+
+    #[test]
+    fn readers_skip_the_expired_prefix() {
+        let segments =
+            [(0, 10, 1_000), (10, 20, 2_000), (20, 30, 9_000)].map(|(first, next, newest)| {
+                SegmentInfo {
+                    first_sequence_number: first,
+                    next_sequence_number: next,
+                    bytes: 100,
+                    newest_ingest_time: newest,
+                    sealed: true,
+                }
+            });
+        let after = |seq: i64| {
+            segments
+                .iter()
+                .copied()
+                .find(|s| s.next_sequence_number > seq)
+        };
+        let view = |ttl, now| {
+            let (first, bytes) = first_unexpired(Some(segments[0]), after, ttl, now);
+            (first.map(|s| s.first_sequence_number), bytes)
+        };
+        assert_eq!(view(None, i64::MAX), (Some(0), 0));
+        assert_eq!(view(Some(1_000), 2_500), (Some(10), 100));
+        assert_eq!(view(Some(1_000), 3_000), (Some(20), 200));
+        assert_eq!(view(Some(1_000), 10_000), (None, 300));
     }
 
     #[test]

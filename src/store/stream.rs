@@ -1,16 +1,53 @@
 //! One message stream: its definition, its log, its export progress, and the
 //! signal long-polling readers wait on. Every change to a stream happens
 //! under its one lock, so appends and retention are serialised (one writer).
+//!
+//! # The acknowledgement contract
+//!
+//! An append is answered with success only once its write is *known* to
+//! have succeeded; every other outcome, including "not known any more", is
+//! an error (fail closed). In order:
+//!
+//! 1. **append** ([`Stream::append`]): the record gets its sequence number
+//!    and a *ticket*, and waits in memory with the other appends of its
+//!    batch. Nothing is promised yet.
+//! 2. **write**: the waiting records reach the operating system together,
+//!    in one call, the first time anyone needs them there: a confirm, a
+//!    read or describe (so a read after an append sees it), a seal, a sync.
+//!    A write that fails forgets its records (the sequence numbers go
+//!    back) and is recorded against their tickets.
+//! 3. **confirm** ([`Stream::confirm`], at the end of the connection's
+//!    batch): success only if the ticket's write is known to have
+//!    succeeded and the stream's writes have not stopped. From here on the
+//!    message survives weir crashing; the answer of a stream without
+//!    `flushOnWrite` is sent now.
+//! 4. **durable** ([`Stream::sync_to`], `flushOnWrite` only): success once
+//!    an `fdatasync` that began after the write has succeeded; the sync is
+//!    shared by everyone waiting at the time ([`super::group_commit`]).
+//!    Other streams are synced in the background ([`Stream::sync_written`])
+//!    and at shutdown.
+//!
+//! A failed fsync anywhere (a sync, a seal, retention, a definition write)
+//! stops the stream's writes *before* anything else is acknowledged: after
+//! one, the page cache can no longer be trusted to hold what was written
+//! (fsyncgate). Every storage failure out of the log goes through
+//! `StreamState::failed`, the one place that decides this. Reads go on.
+//!
+//! Reads and describes change nothing that can fail them: they see expired
+//! segments as gone ([`retention::first_unexpired`]) but leave removing
+//! them to the writer (an append) and the sweeper
+//! ([`Stream::enforce_retention`]).
 
-use super::fs::FileHandle;
+use super::group_commit::{Closed, GroupCommit, Leadership, Turn};
 use super::log::{ReadLimits, SegmentLog, StorageError, RECORD_OVERHEAD};
 use super::retention::{self, Room};
-use super::StoreError;
+use super::{Fault, Operation, StorageFailure, StoreError};
 use crate::protocol::model::{
     ExportStatus, Message, MessageStreamDefinition, MessageStreamInfo, ReadMessagesOptions,
     StorageStatus,
 };
 use bytes::Bytes;
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::{Mutex, MutexGuard};
 use tokio::sync::watch;
@@ -19,7 +56,7 @@ pub struct Stream {
     name: String,
     state: Mutex<StreamState>,
     /// Group commit for streams on disk; `None` for memory streams.
-    durability: Option<Durability>,
+    commit: Option<Arc<GroupCommit>>,
     /// Bumped after every append and on delete; readers waiting for messages
     /// subscribe before they look, so no append can slip between.
     changed: watch::Sender<()>,
@@ -30,70 +67,104 @@ struct StreamState {
     log: Box<dyn SegmentLog>,
     exports: Vec<ExportStatus>,
     deleted: bool,
-    /// Set by a failed fsync: the stream takes no more writes (reads go on).
-    writes_stopped: Option<String>,
+    /// Set by a failure that makes the stream's files untrustworthy (a
+    /// failed fsync): the stream takes and acknowledges no more writes
+    /// (reads go on).
+    writes_stopped: Option<Arc<StorageFailure>>,
     tickets: Tickets,
 }
 
-/// Which appends reached the operating system. Appends are buffered and
-/// written together at the end of a connection's batch of requests; each
-/// gets a ticket (never reused, unlike a sequence number after a failed
-/// write) to ask, before it is acknowledged, whether its write succeeded.
+/// Which appends are known to have been written to the operating system.
+/// Each append gets a ticket (never reused, unlike a sequence number after
+/// a failed write). Writes cover consecutive tickets, so outcomes are kept
+/// as ranges: tickets from `pending_from` on wait for a write; of the
+/// others, those in a failed range failed and the rest were written. Runs
+/// of failures are merged, so a full disk costs one range however long it
+/// lasts; only the last [`FAILED_RANGES_KEPT`] ranges are kept, and a ticket
+/// older than them has an unknown outcome, which confirms as a failure.
 #[derive(Default)]
 struct Tickets {
     next: u64,
-    /// First ticket whose record still waits for a flush.
+    /// First ticket whose record still waits for a write.
     pending_from: Option<u64>,
-    /// Recent failed flushes: tickets `[from, to)` and why.
-    failed: std::collections::VecDeque<(u64, u64, String)>,
-    /// The last flush failed (for logging the start and end of a run of
+    /// Outcomes of tickets below this are forgotten.
+    known_from: u64,
+    /// Failed writes, oldest first, not overlapping.
+    failed: VecDeque<FailedWrite>,
+    /// The last write failed (for logging the start and end of a run of
     /// failures).
     failing: bool,
+}
+
+/// Tickets `[from, to)`, whose write failed, and why.
+struct FailedWrite {
+    from: u64,
+    to: u64,
+    cause: Arc<StorageFailure>,
+}
+
+enum Outcome {
+    Pending,
+    Written,
+    Failed(Arc<StorageFailure>),
+    Unknown,
+}
+
+/// How many failed ranges are remembered for appends still to confirm.
+const FAILED_RANGES_KEPT: usize = 64;
+
+impl Tickets {
+    fn issue(&mut self) -> u64 {
+        let ticket = self.next;
+        self.next += 1;
+        self.pending_from.get_or_insert(ticket);
+        ticket
+    }
+
+    /// The waiting tickets' records were written.
+    fn written(&mut self) {
+        self.pending_from = None;
+    }
+
+    /// The waiting tickets' records are lost.
+    fn lost(&mut self, cause: &Arc<StorageFailure>) {
+        let Some(from) = self.pending_from.take() else {
+            return;
+        };
+        let to = self.next;
+        match self.failed.back_mut() {
+            Some(last) if last.to == from => last.to = to,
+            _ => self.failed.push_back(FailedWrite {
+                from,
+                to,
+                cause: Arc::clone(cause),
+            }),
+        }
+        if self.failed.len() > FAILED_RANGES_KEPT {
+            let forgotten = self.failed.pop_front().expect("more than kept");
+            self.known_from = forgotten.to;
+        }
+    }
+
+    fn outcome(&self, ticket: u64) -> Outcome {
+        if ticket >= self.next || ticket < self.known_from {
+            return Outcome::Unknown;
+        }
+        if self.pending_from.is_some_and(|from| ticket >= from) {
+            return Outcome::Pending;
+        }
+        let at = self.failed.partition_point(|f| f.to <= ticket);
+        match self.failed.get(at) {
+            Some(f) if f.from <= ticket => Outcome::Failed(Arc::clone(&f.cause)),
+            _ => Outcome::Written,
+        }
+    }
 }
 
 /// Most yields a sync leader waits for more appends to join its sync.
 const GATHER_ROUNDS: usize = 8;
 
-/// How many failed flushes are remembered for appends still to confirm.
-const FAILED_FLUSHES_KEPT: usize = 64;
-
-/// Group commit: one task at a time syncs, covering every append written
-/// before its sync began; the others wait for the watermark to pass them.
-struct Durability {
-    /// Sequence numbers below this are durable.
-    synced: watch::Sender<i64>,
-    leader: tokio::sync::Mutex<()>,
-    /// Recent fdatasync time in microseconds (a moving average).
-    sync_micros: std::sync::atomic::AtomicU64,
-}
-
-/// A disk whose fdatasync takes less than this on average is synced on the
-/// protocol thread itself: handing the call to a blocking thread and back
-/// costs about as much as the sync, and the stall it causes the other
-/// connections is shorter than that. Slower disks (SD cards, spinning or
-/// busy ones) are synced on a blocking thread so nothing else waits.
-const INLINE_SYNC_MICROS: u64 = 1_000;
-
-impl Durability {
-    async fn run_sync(
-        &self,
-        file: Arc<dyn FileHandle>,
-    ) -> Result<std::io::Result<()>, tokio::task::JoinError> {
-        use std::sync::atomic::Ordering::Relaxed;
-        let started = std::time::Instant::now();
-        let result = if self.sync_micros.load(Relaxed) < INLINE_SYNC_MICROS {
-            Ok(file.sync_data())
-        } else {
-            tokio::task::spawn_blocking(move || file.sync_data()).await
-        };
-        let took = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
-        let average = self.sync_micros.load(Relaxed);
-        self.sync_micros.store((average * 7 + took) / 8, Relaxed);
-        result
-    }
-}
-
-/// An acknowledged-to-be append: its sequence number, and whether the
+/// An append still to be acknowledged: its sequence number, and whether the
 /// stream promises it only once it is synced (`flushOnWrite`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Appended {
@@ -112,6 +183,15 @@ pub enum ReadAttempt {
         start: i64,
         available: i64,
     },
+}
+
+/// Whether a sync of a message that is not in the stream is an error.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Missing {
+    /// A `flushOnWrite` append's: its write failed, it is not durable.
+    Fails,
+    /// The background sync's: nothing there to sync.
+    Synced,
 }
 
 impl Stream {
@@ -133,31 +213,29 @@ impl Stream {
                 writes_stopped: None,
                 tickets: Tickets::default(),
             }),
-            durability: on_disk.then(|| Durability {
-                synced: watch::Sender::new(next),
-                leader: tokio::sync::Mutex::new(()),
-                // Start on a blocking thread until the disk has shown its speed.
-                sync_micros: std::sync::atomic::AtomicU64::new(INLINE_SYNC_MICROS),
-            }),
+            commit: on_disk.then(|| GroupCommit::new(next)),
             changed: watch::Sender::new(()),
         }
     }
 
     pub fn is_on_disk(&self) -> bool {
-        self.durability.is_some()
+        self.commit.is_some()
     }
 
     pub fn name(&self) -> &str {
         &self.name
     }
 
-    fn lock(&self) -> Result<MutexGuard<'_, StreamState>, StoreError> {
+    fn lock_any(&self) -> Result<MutexGuard<'_, StreamState>, StoreError> {
         // A panic while holding the lock leaves the stream in an unknown
         // state; refuse further use rather than guess.
-        let state = self
-            .state
+        self.state
             .lock()
-            .map_err(|_| StoreError::Poisoned(self.name.clone()))?;
+            .map_err(|_| StoreError::Poisoned(self.name.clone()))
+    }
+
+    fn lock(&self) -> Result<MutexGuard<'_, StreamState>, StoreError> {
+        let state = self.lock_any()?;
         if state.deleted {
             return Err(StoreError::NotFound(self.name.clone()));
         }
@@ -168,203 +246,197 @@ impl Stream {
         self.changed.subscribe()
     }
 
-    /// Appends one message, making room first as the stream's strategy says.
-    /// The message may wait in memory with others: before acknowledging it,
-    /// [`Stream::confirm`] writes it to the operating system (from then on
-    /// it survives weir crashing), and, if `Appended::flush`
-    /// (`flushOnWrite`), [`Stream::sync_to`] makes it durable.
+    /// Step 1 of the acknowledgement contract (module doc): appends one
+    /// message, making room first as the stream's strategy says.
     pub fn append(&self, payload: Bytes, now_millis: i64) -> Result<Appended, StoreError> {
         let mut state = self.lock()?;
-        if let Some(reason) = &state.writes_stopped {
+        if let Some(cause) = &state.writes_stopped {
             return Err(StoreError::WritesStopped {
                 name: self.name.clone(),
-                reason: reason.clone(),
+                cause: Arc::clone(cause),
             });
         }
-        let result = self.append_locked(&mut state, payload, now_millis);
-        match &result {
-            Err(StoreError::Write(e)) if e.stops_writes() => {
-                state.writes_stopped = Some(e.to_string())
-            }
-            // Opening or sealing a segment failed (a full disk): logged once
-            // per run of failures, like a failed flush.
-            Err(StoreError::Write(e)) if !std::mem::replace(&mut state.tickets.failing, true) => {
-                tracing::warn!(stream = %self.name, error = %e, "appends fail: they are refused until writing works again");
-            }
-            _ => {}
-        }
-        let flush = state.definition.flush_on_write && self.durability.is_some();
-        let seq = result?;
-        let tickets = &mut state.tickets;
-        let ticket = tickets.next;
-        tickets.next += 1;
-        tickets.pending_from.get_or_insert(ticket);
+        let sequence_number = state.append(payload, now_millis)?;
+        let ticket = state.tickets.issue();
+        let flush = state.definition.flush_on_write && self.commit.is_some();
         drop(state);
         if self.changed.receiver_count() > 0 {
             // Only long-polling readers subscribe; most appends have none.
             self.changed.send_replace(());
         }
         Ok(Appended {
-            sequence_number: seq,
+            sequence_number,
             flush,
             ticket,
         })
     }
 
-    /// Writes the append of `ticket` (and every other waiting one) to the
-    /// operating system if that has not happened yet, and says whether it
-    /// succeeded; a failed write is reported to every append it covered.
+    /// Steps 2 and 3 (module doc): writes the append of `ticket` (with every
+    /// other waiting one) if that has not happened yet, and succeeds only if
+    /// its write is known to have succeeded and the stream's writes have not
+    /// stopped since.
     pub fn confirm(&self, ticket: u64) -> Result<(), StoreError> {
-        let mut state = self
-            .state
-            .lock()
-            .map_err(|_| StoreError::Poisoned(self.name.clone()))?;
-        if state
-            .tickets
-            .pending_from
-            .is_some_and(|from| ticket >= from)
-        {
-            // The outcome is recorded per ticket and read below.
-            state.flush().ok();
+        let mut state = self.lock_any()?;
+        if let Outcome::Pending = state.tickets.outcome(ticket) {
+            // The outcome is recorded against the ticket and read below.
+            if let Err(e) = state.flush() {
+                tracing::debug!(stream = %self.name, error = %e, "write at confirm failed");
+            }
         }
-        match state
-            .tickets
-            .failed
-            .iter()
-            .find(|(from, to, _)| (*from..*to).contains(&ticket))
-        {
-            Some((_, _, reason)) => Err(StoreError::AppendFailed {
+        if let Some(cause) = &state.writes_stopped {
+            return Err(StoreError::WritesStopped {
                 name: self.name.clone(),
-                reason: reason.clone(),
-            }),
-            None => Ok(()),
+                cause: Arc::clone(cause),
+            });
         }
+        let cause = match state.tickets.outcome(ticket) {
+            Outcome::Written => return Ok(()),
+            Outcome::Failed(cause) => cause,
+            // A flush always settles its tickets; should one not have, it is
+            // not known to be written either.
+            Outcome::Pending | Outcome::Unknown => {
+                StorageFailure::new(Operation::Write, Fault::OutcomeUnknown)
+            }
+        };
+        Err(StoreError::AppendFailed {
+            name: self.name.clone(),
+            cause,
+        })
     }
 
-    fn append_locked(
-        &self,
-        state: &mut StreamState,
-        payload: Bytes,
-        now_millis: i64,
-    ) -> Result<i64, StoreError> {
-        let def = &state.definition;
-        let record = payload.len() as u64 + RECORD_OVERHEAD;
-        let max_size = def.max_size as u64;
-        let segment_size = def.stream_segment_size as u64;
-        let strategy = def.strategy_on_full;
-        state.expire(now_millis)?;
-        loop {
-            match retention::make_room(state.log.total_bytes(), record, max_size, strategy) {
-                Room::Fits => break,
-                Room::DropOldest => state.drop_oldest()?,
-                Room::Refuse if record > max_size => {
-                    return Err(StoreError::MessageTooLarge {
-                        name: self.name.clone(),
-                        bytes: record,
-                        max_size,
-                    })
-                }
-                Room::Refuse => {
-                    return Err(StoreError::Full {
-                        name: self.name.clone(),
-                        max_size,
-                    })
-                }
-            }
-        }
-        if let Some(active) = state.log.active_segment() {
-            if retention::seal_before_append(&active, record, segment_size) {
-                state.seal_active()?;
-            }
-        }
-        state
-            .log
-            .append(now_millis, payload)
-            .map_err(StoreError::Write)
+    /// Step 4 (module doc): returns once message `seq` is synced to disk,
+    /// sharing the sync with everyone waiting at the same time; an error if
+    /// it cannot be (the stream deleted, its writes stopped, `seq` never
+    /// written). Memory streams have nothing to sync.
+    pub async fn sync_to(self: &Arc<Self>, seq: i64) -> Result<(), StoreError> {
+        self.sync_through(seq, Missing::Fails).await
     }
 
-    /// Returns once every message up to `seq` is synced to disk. Appends that
-    /// arrive while one sync runs share the next one (group commit). A failed
-    /// sync stops the stream's writes: after it the page cache can no longer
-    /// be trusted to hold what was written.
-    pub async fn sync_to(&self, seq: i64) -> Result<(), StoreError> {
-        let Some(durability) = &self.durability else {
+    /// Syncs every message written so far (the background sync and
+    /// shutdown).
+    pub async fn sync_written(self: &Arc<Self>) -> Result<(), StoreError> {
+        if self.commit.is_none() {
+            return Ok(());
+        }
+        let next = self.next_sequence_number()?;
+        self.sync_through(next - 1, Missing::Synced).await
+    }
+
+    async fn sync_through(self: &Arc<Self>, seq: i64, missing: Missing) -> Result<(), StoreError> {
+        let Some(commit) = &self.commit else {
             return Ok(());
         };
-        // Subscribed before looking, so a sync finishing in between still
-        // wakes this waiter.
-        let mut synced = durability.synced.subscribe();
         loop {
-            if *synced.borrow_and_update() > seq {
-                return Ok(());
-            }
-            // One leader syncs; everyone else waits for the watermark it
-            // publishes instead of queueing on the lock, so a whole batch of
-            // waiters is released by one broadcast.
-            let Ok(leader) = durability.leader.try_lock() else {
-                // Err only if the sender is gone, and `self` owns it.
-                synced.changed().await.ok();
-                continue;
+            let leadership = match commit.turn(seq).await {
+                Turn::Durable => return Ok(()),
+                Turn::Closed(closed) => return Err(self.closed_error(closed)),
+                Turn::Lead(leadership) => leadership,
             };
-            // Let appends already on their way write first, so this sync
-            // covers them too: yield (tokio runs the I/O driver before a
-            // yielded task resumes) for as long as new appends keep coming,
-            // a few rounds at most. A lone appender pays one yield.
-            let mut seen = self.next_sequence_number()?;
-            for _ in 0..GATHER_ROUNDS {
-                tokio::task::yield_now().await;
-                let now = self.next_sequence_number()?;
-                if now == seen {
-                    break;
+            // Every return below drops `leadership`, which wakes the waiters.
+            {
+                let state = self.lock()?;
+                if let Some(cause) = &state.writes_stopped {
+                    leadership.close(Closed::WritesStopped(Arc::clone(cause)));
+                    continue;
                 }
-                seen = now;
-            }
-            let (covered, target) = {
-                let mut state = self.lock()?;
-                // Waiting appends go to the OS first, so the sync covers them
-                // (one that fails is reported by `confirm`).
-                state.flush().ok();
-                if let Some(reason) = &state.writes_stopped {
-                    return Err(StoreError::WritesStopped {
-                        name: self.name.clone(),
-                        reason: reason.clone(),
-                    });
-                }
-                (state.log.next_sequence_number(), state.log.sync_target())
-            };
-            if let Some(file) = target {
-                let result = durability.run_sync(file).await;
-                let failure = match result {
-                    Ok(Ok(())) => None,
-                    Ok(Err(e)) => Some(e.to_string()),
-                    Err(join) => Some(format!("sync task failed: {join}")),
-                };
-                if let Some(reason) = failure {
-                    tracing::error!(stream = %self.name, %reason, "fsync failed: the stream stops taking writes");
-                    if let Ok(mut state) = self.state.lock() {
-                        state.writes_stopped = Some(reason.clone());
-                    }
-                    // Wake the waiters: they find the stream stopped.
-                    durability.synced.send_modify(|_| {});
-                    return Err(StoreError::WritesStopped {
-                        name: self.name.clone(),
-                        reason,
-                    });
+                if seq >= state.log.next_sequence_number() {
+                    // Not in the stream: its write failed (and was undone).
+                    return match missing {
+                        Missing::Synced => Ok(()),
+                        Missing::Fails => Err(StoreError::AppendFailed {
+                            name: self.name.clone(),
+                            cause: StorageFailure::new(Operation::Sync, Fault::NotWritten(seq)),
+                        }),
+                    };
                 }
             }
-            if covered <= seq {
-                // `seq` was never written (its write failed and was undone).
-                return Ok(());
-            }
-            // Always notifies, so no waiter sleeps through a leader change.
-            durability
-                .synced
-                .send_modify(|synced| *synced = (*synced).max(covered));
-            drop(leader);
+            Arc::clone(self).lead(leadership).await;
         }
     }
 
-    /// The sequence number after the last append, for a background sync.
+    /// One group-commit sync. Every way out, including this future being
+    /// dropped, drops `leadership`, which wakes every waiter; what they find
+    /// decides their answer.
+    async fn lead(self: Arc<Self>, leadership: Leadership) {
+        // Let appends already on their way write first, so this sync covers
+        // them too: yield (tokio runs the I/O driver before a yielded task
+        // resumes) for as long as new appends keep coming, a few rounds at
+        // most. A lone appender pays one yield.
+        let Ok(mut seen) = self.next_sequence_number() else {
+            return;
+        };
+        for _ in 0..GATHER_ROUNDS {
+            tokio::task::yield_now().await;
+            match self.next_sequence_number() {
+                Ok(now) if now == seen => break,
+                Ok(now) => seen = now,
+                Err(_) => return,
+            }
+        }
+        let (covered, target) = {
+            let Ok(mut state) = self.lock() else {
+                return;
+            };
+            // Waiting appends go to the OS first, so the sync covers them
+            // (one that fails is recorded against its tickets).
+            if let Err(e) = state.flush() {
+                tracing::debug!(stream = %self.name, error = %e, "write before a sync failed");
+            }
+            if let Some(cause) = &state.writes_stopped {
+                leadership.close(Closed::WritesStopped(Arc::clone(cause)));
+                return;
+            }
+            (state.log.next_sequence_number(), state.log.sync_target())
+        };
+        let Some(file) = target else {
+            self.finish_sync(leadership, covered, Ok(()));
+            return;
+        };
+        // The sync's outcome is recorded, and the leadership ends, in the
+        // same place as the sync: if this future is dropped while the sync
+        // runs on a blocking thread, no other sync starts before it ends and
+        // its failure is not lost.
+        let commit = Arc::clone(leadership.commit());
+        let stream = Arc::clone(&self);
+        let done = move |result| stream.finish_sync(leadership, covered, result);
+        if !commit.sync(file, done).await {
+            // The blocking task panicked: the outcome is unknown.
+            if let Ok(mut state) = self.lock_any() {
+                let unknown = std::io::Error::other("the fdatasync task panicked");
+                state.failed(Operation::Sync, Fault::Sync(unknown));
+            }
+        }
+    }
+
+    /// Ends a sync: records its failure, then publishes what it covered
+    /// unless the stream's writes have stopped. Checked and published under
+    /// the lock, so a failure recorded before is never followed by an
+    /// acknowledgement.
+    fn finish_sync(&self, leadership: Leadership, covered: i64, result: std::io::Result<()>) {
+        // Even a deleted stream records (and logs) a failed sync.
+        let Ok(mut state) = self.lock_any() else {
+            return;
+        };
+        if let Err(e) = result {
+            state.failed(Operation::Sync, Fault::Sync(e));
+        }
+        match &state.writes_stopped {
+            Some(cause) => leadership.close(Closed::WritesStopped(Arc::clone(cause))),
+            None => leadership.publish(covered),
+        }
+    }
+
+    fn closed_error(&self, closed: Closed) -> StoreError {
+        match closed {
+            Closed::Deleted => StoreError::NotFound(self.name.clone()),
+            Closed::WritesStopped(cause) => StoreError::WritesStopped {
+                name: self.name.clone(),
+                cause,
+            },
+        }
+    }
+
+    /// The sequence number after the last append.
     pub fn next_sequence_number(&self) -> Result<i64, StoreError> {
         Ok(self.lock()?.log.next_sequence_number())
     }
@@ -378,17 +450,18 @@ impl Stream {
     ) -> Result<ReadAttempt, StoreError> {
         let mut state = self.lock()?;
         state.flush_for_read();
-        state.expire(now_millis)?;
         let next = state.log.next_sequence_number();
         let start = options
             .desired_start_sequence_number
-            .max(state.oldest_sequence_number());
+            .max(state.retained(now_millis).oldest);
         let available = (next - start).max(0);
         if available < options.min_message_count {
             return Ok(ReadAttempt::Short { start, available });
         }
         let max_count =
             usize::try_from(options.max_message_count.min(available)).unwrap_or(usize::MAX);
+        // A read writes nothing, so nothing it reports can make written
+        // data untrustworthy: its errors do not go through `failed`.
         let messages = state
             .log
             .read(
@@ -413,23 +486,23 @@ impl Stream {
     pub fn describe(&self, now_millis: i64) -> Result<MessageStreamInfo, StoreError> {
         let mut state = self.lock()?;
         state.flush_for_read();
-        state.expire(now_millis)?;
         let next = state.log.next_sequence_number();
+        let retained = state.retained(now_millis);
         Ok(MessageStreamInfo {
             definition: state.definition.clone(),
             storage_status: StorageStatus {
-                oldest_sequence_number: state.oldest_sequence_number(),
+                oldest_sequence_number: retained.oldest,
                 // For an empty stream this is oldest - 1 (weir decision).
                 newest_sequence_number: next - 1,
-                total_bytes: i64::try_from(state.log.total_bytes()).unwrap_or(i64::MAX),
+                total_bytes: i64::try_from(retained.bytes).unwrap_or(i64::MAX),
             },
             export_statuses: state.exports.clone(),
         })
     }
 
     /// Replaces the definition. `persistence` is fixed for a stream's life and
-    /// `maxSize` may not drop below what the stream holds; exports keep their
-    /// progress when their identifier stays.
+    /// `maxSize` may not drop below what the stream holds (expired messages
+    /// not counted); exports keep their progress when their identifier stays.
     pub fn update(
         &self,
         definition: MessageStreamDefinition,
@@ -440,8 +513,7 @@ impl Stream {
         if definition.persistence != state.definition.persistence {
             return Err(StoreError::PersistenceChange(self.name.clone()));
         }
-        state.expire(now_millis)?;
-        let current = state.log.total_bytes();
+        let current = state.retained(now_millis).bytes;
         if (definition.max_size as u64) < current {
             return Err(StoreError::ShrinkBelowSize {
                 name: self.name.clone(),
@@ -449,64 +521,90 @@ impl Stream {
                 current,
             });
         }
-        persist(&definition).map_err(StoreError::Write)?;
+        if let Err(e) = persist(&definition) {
+            return Err(state.failed(Operation::SaveDefinition, Fault::Storage(e)));
+        }
         state.exports = fresh_export_statuses(&definition, &state.exports);
         state.definition = definition;
         drop(state);
         Ok(())
     }
 
-    /// Applies TTL now (the background sweep; appends and reads also do it).
+    /// Removes the segments whose TTL has passed (the sweeper; appends do it
+    /// too).
     pub fn enforce_retention(&self, now_millis: i64) -> Result<(), StoreError> {
         self.lock()?.expire(now_millis)
     }
 
-    /// Marks the stream gone and wakes its waiting readers.
+    /// Records a storage failure of this stream found outside it (deleting
+    /// its folder): it stops the stream's writes if it must.
+    pub fn storage_failed(&self, operation: Operation, error: StorageError) -> StoreError {
+        match self.lock_any() {
+            Ok(mut state) => state.failed(operation, Fault::Storage(error)),
+            Err(poisoned) => poisoned,
+        }
+    }
+
+    /// Marks the stream gone and wakes its waiting readers and syncs.
     pub fn delete(&self) {
         if let Ok(mut state) = self.state.lock() {
             state.deleted = true;
+        }
+        if let Some(commit) = &self.commit {
+            commit.close(Closed::Deleted);
         }
         self.changed.send_replace(());
     }
 }
 
+/// What a read or describe sees: expired segments are skipped, not removed.
+struct Retained {
+    oldest: i64,
+    bytes: u64,
+}
+
 impl StreamState {
-    /// Writes waiting appends; a failure is recorded against their tickets
-    /// (and, for a failed fsync-like error, stops the stream's writes).
+    /// The one place a storage failure out of the log is recorded: appends
+    /// whose records it lost are told so at their confirm, and a failure
+    /// that makes the stream's files untrustworthy stops its writes (before
+    /// anything else can be acknowledged: the caller holds the lock).
+    fn failed(&mut self, operation: Operation, fault: Fault) -> StoreError {
+        let cause = StorageFailure::new(operation, fault);
+        let name = self.definition.name.clone();
+        if self.tickets.pending_from.is_some() && !self.log.has_pending() {
+            self.tickets.lost(&cause);
+        }
+        if cause.stops_writes() {
+            if self.writes_stopped.is_none() {
+                tracing::error!(stream = %name, error = %cause, "the stream stops taking writes until weir restarts");
+                self.writes_stopped = Some(Arc::clone(&cause));
+            }
+            return StoreError::WritesStopped { name, cause };
+        }
+        // Once per run of failures, so a full disk is in the log without a
+        // line per rejected append.
+        if !std::mem::replace(&mut self.tickets.failing, true) {
+            tracing::warn!(stream = %name, error = %cause, "appends fail: they are refused until writing works again");
+        }
+        StoreError::Write(cause)
+    }
+
+    /// Step 2 of the contract: writes waiting appends; the outcome is
+    /// recorded against their tickets.
     fn flush(&mut self) -> Result<(), StoreError> {
         if !self.log.has_pending() {
-            self.tickets.pending_from = None;
+            self.tickets.written();
             return Ok(());
         }
-        let result = self.log.flush();
-        let from = self.tickets.pending_from.take();
-        match result {
+        match self.log.flush() {
             Ok(()) => {
+                self.tickets.written();
                 if std::mem::take(&mut self.tickets.failing) {
                     tracing::info!(stream = %self.definition.name, "appends are written again");
                 }
                 Ok(())
             }
-            Err(e) => {
-                let reason = e.to_string();
-                // Once per run of failures, so a full disk is in the log
-                // without a line per rejected append.
-                if !std::mem::replace(&mut self.tickets.failing, true) {
-                    tracing::warn!(stream = %self.definition.name, error = %reason, "appends fail: they are refused until writing works again");
-                }
-                if e.stops_writes() {
-                    self.writes_stopped = Some(reason.clone());
-                }
-                if let Some(from) = from {
-                    self.tickets
-                        .failed
-                        .push_back((from, self.tickets.next, reason));
-                    if self.tickets.failed.len() > FAILED_FLUSHES_KEPT {
-                        self.tickets.failed.pop_front();
-                    }
-                }
-                Err(StoreError::Write(e))
-            }
+            Err(e) => Err(self.failed(Operation::Write, Fault::Storage(e))),
         }
     }
 
@@ -514,19 +612,66 @@ impl StreamState {
     /// learn it from `confirm`), not the reader, who reads what is there.
     fn flush_for_read(&mut self) {
         if let Err(e) = self.flush() {
-            tracing::warn!(stream = %self.definition.name, error = %e, "buffered appends could not be written");
+            tracing::debug!(stream = %self.definition.name, error = %e, "buffered appends could not be written before a read");
+        }
+    }
+
+    fn append(&mut self, payload: Bytes, now_millis: i64) -> Result<i64, StoreError> {
+        let def = &self.definition;
+        let record = payload.len() as u64 + RECORD_OVERHEAD;
+        let max_size = def.max_size as u64;
+        let segment_size = def.stream_segment_size as u64;
+        let strategy = def.strategy_on_full;
+        self.expire(now_millis)?;
+        loop {
+            match retention::make_room(self.log.total_bytes(), record, max_size, strategy) {
+                Room::Fits => break,
+                Room::DropOldest => self.drop_oldest()?,
+                Room::Refuse if record > max_size => {
+                    return Err(StoreError::MessageTooLarge {
+                        name: self.definition.name.clone(),
+                        bytes: record,
+                        max_size,
+                    })
+                }
+                Room::Refuse => {
+                    return Err(StoreError::Full {
+                        name: self.definition.name.clone(),
+                        max_size,
+                    })
+                }
+            }
+        }
+        if let Some(active) = self.log.active_segment() {
+            if retention::seal_before_append(&active, record, segment_size) {
+                self.seal_active()?;
+            }
+        }
+        match self.log.append(now_millis, payload) {
+            Ok(seq) => Ok(seq),
+            Err(e) => Err(self.failed(Operation::Append, Fault::Storage(e))),
         }
     }
 
     fn seal_active(&mut self) -> Result<(), StoreError> {
         self.flush()?;
-        self.log.seal_active().map_err(StoreError::Write)
+        self.log
+            .seal_active()
+            .map_err(|e| self.failed(Operation::Seal, Fault::Storage(e)))
     }
 
-    fn oldest_sequence_number(&self) -> i64 {
-        self.log
-            .oldest_segment()
-            .map_or(self.log.next_sequence_number(), |s| s.first_sequence_number)
+    /// The stream as a reader sees it at `now_millis`.
+    fn retained(&self, now_millis: i64) -> Retained {
+        let (first, expired_bytes) = retention::first_unexpired(
+            self.log.oldest_segment(),
+            |seq| self.log.segment_from(seq),
+            self.definition.time_to_live_millis,
+            now_millis,
+        );
+        Retained {
+            oldest: first.map_or(self.log.next_sequence_number(), |s| s.first_sequence_number),
+            bytes: self.log.total_bytes() - expired_bytes,
+        }
     }
 
     /// Drops the oldest segment, sealing it first if it is the active one.
@@ -537,11 +682,12 @@ impl StreamState {
             }
             self.log
                 .remove_oldest_segment()
-                .map_err(StoreError::Write)?;
+                .map_err(|e| self.failed(Operation::RemoveSegment, Fault::Storage(e)))?;
         }
         Ok(())
     }
 
+    /// Removes expired segments: the writer's and the sweeper's work only.
     fn expire(&mut self, now_millis: i64) -> Result<(), StoreError> {
         let ttl = self.definition.time_to_live_millis;
         while let Some(oldest) = self.log.oldest_segment() {
@@ -579,4 +725,96 @@ fn fresh_export_statuses(
                 })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::log::StorageOp;
+    use crate::store::memory::MemoryLog;
+
+    fn stream() -> Stream {
+        let definition = MessageStreamDefinition::with_defaults("s".into());
+        Stream::new(definition, Box::new(MemoryLog::new()), false)
+    }
+
+    /// Any failure that stops writes stops them, wherever it comes from;
+    /// here a definition write (the file log reports its failed fsync so).
+    #[test]
+    fn a_definition_write_that_stops_writes_stops_them() {
+        let stream = stream();
+        let pending = stream.append(Bytes::from_static(b"x"), 0).unwrap();
+        let failed_fsync = || StorageError::Sync {
+            op: StorageOp::WriteDefinition,
+            source: std::io::Error::from_raw_os_error(5),
+        };
+        let definition = MessageStreamDefinition::with_defaults("s".into());
+        let result = stream.update(definition, 0, |_| Err(failed_fsync()));
+        assert!(matches!(result, Err(StoreError::WritesStopped { .. })));
+        assert!(matches!(
+            stream.confirm(pending.ticket),
+            Err(StoreError::WritesStopped { .. })
+        ));
+        match stream.append(Bytes::from_static(b"y"), 0) {
+            Err(StoreError::WritesStopped { cause, .. }) => {
+                assert_eq!(cause.operation, Operation::SaveDefinition);
+                assert!(cause.to_string().contains("saving the stream definition"));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_failure_that_does_not_stop_writes_leaves_them_going() {
+        let stream = stream();
+        let definition = MessageStreamDefinition::with_defaults("s".into());
+        let full = || StorageError::Io {
+            op: StorageOp::WriteDefinition,
+            source: std::io::Error::from_raw_os_error(28),
+        };
+        match stream.update(definition, 0, |_| Err(full())) {
+            Err(StoreError::Write(cause)) => {
+                assert_eq!(cause.io_kind(), Some(std::io::ErrorKind::StorageFull));
+            }
+            other => panic!("{other:?}"),
+        }
+        let appended = stream.append(Bytes::from_static(b"x"), 0).unwrap();
+        stream.confirm(appended.ticket).unwrap();
+    }
+
+    #[test]
+    fn tickets_fail_closed() {
+        let failure = StorageFailure::new(Operation::Write, Fault::OutcomeUnknown);
+        let mut tickets = Tickets::default();
+        assert!(matches!(tickets.outcome(0), Outcome::Unknown), "not issued");
+        let first = tickets.issue();
+        assert!(matches!(tickets.outcome(first), Outcome::Pending));
+        tickets.written();
+        assert!(matches!(tickets.outcome(first), Outcome::Written));
+        // Consecutive failed writes are one range, however many.
+        let failed: Vec<u64> = (0..100)
+            .map(|_| {
+                let ticket = tickets.issue();
+                tickets.lost(&failure);
+                ticket
+            })
+            .collect();
+        assert_eq!(tickets.failed.len(), 1);
+        assert!(failed
+            .iter()
+            .all(|t| matches!(tickets.outcome(*t), Outcome::Failed(_))));
+        // Alternating ones are not: past the ranges kept, the oldest
+        // outcomes are unknown, never taken for success.
+        for _ in 0..FAILED_RANGES_KEPT {
+            tickets.issue();
+            tickets.written();
+            tickets.issue();
+            tickets.lost(&failure);
+        }
+        assert!(matches!(tickets.outcome(failed[0]), Outcome::Unknown));
+        assert!(matches!(tickets.outcome(first), Outcome::Unknown));
+        let last = tickets.next - 1;
+        assert!(matches!(tickets.outcome(last), Outcome::Failed(_)));
+        assert!(matches!(tickets.outcome(last - 1), Outcome::Written));
+    }
 }
