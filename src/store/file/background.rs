@@ -41,7 +41,7 @@ impl Gate {
     }
 }
 
-type Work = Box<dyn FnOnce() -> Result<(), StorageError> + Send>;
+type Work = Box<dyn Fn() -> Result<(), StorageError> + Send>;
 
 /// A failure kept for everyone who asks (`StorageError` is not `Clone`).
 #[derive(Clone)]
@@ -94,6 +94,11 @@ enum State {
     Pending(Work),
     Running,
     Done(Result<(), Failure>),
+    /// It failed in a way that does not stop writes (a full disk): the
+    /// failure is reported, and the next one who needs the step runs it
+    /// again, so a disk that has room again finishes the segment change
+    /// instead of failing every later append with the old error.
+    Retry(Work, Failure),
 }
 
 /// A piece of work done once, by whoever needs it first.
@@ -115,7 +120,7 @@ impl Step {
     pub fn ensure(&self) -> Result<(), StorageError> {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let work = match std::mem::replace(&mut *state, State::Running) {
-            State::Pending(work) => work,
+            State::Pending(work) | State::Retry(work, _) => work,
             State::Done(result) => {
                 *state = State::Done(result.clone());
                 return result.map_err(|f| f.error());
@@ -135,7 +140,10 @@ impl Step {
             }
         };
         let result = work();
-        *state = State::Done(result.as_ref().map(|_| ()).map_err(Failure::of));
+        *state = match &result {
+            Err(e) if !e.stops_writes() => State::Retry(work, Failure::of(e)),
+            _ => State::Done(result.as_ref().map(|_| ()).map_err(Failure::of)),
+        };
         self.done.store(true, Ordering::Release);
         result
     }
@@ -147,7 +155,8 @@ impl Step {
         }
         match &*self.state.lock().unwrap_or_else(|p| p.into_inner()) {
             State::Done(result) => Some(result.clone().map_err(|f| f.error())),
-            _ => None,
+            State::Retry(_, failure) => Some(Err(failure.error())),
+            State::Pending(_) | State::Running => None,
         }
     }
 }
@@ -175,6 +184,28 @@ mod tests {
         }
         assert!(step.outcome().unwrap().is_err());
         assert_eq!(runs.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn a_step_that_failed_without_stopping_writes_runs_again() {
+        let runs = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = Arc::clone(&runs);
+        let step = Step::new(Box::new(move || {
+            match counted.fetch_add(1, Ordering::SeqCst) {
+                0 => Err(StorageError::Io {
+                    op: StorageOp::SealSegment,
+                    source: io::Error::from_raw_os_error(28),
+                }),
+                _ => Ok(()),
+            }
+        }));
+        let e = step.ensure().unwrap_err();
+        assert!(!e.stops_writes());
+        assert!(step.outcome().unwrap().is_err(), "the failure is reported");
+        step.ensure().expect("runs again once the disk has room");
+        step.ensure().expect("and is done");
+        assert!(step.outcome().unwrap().is_ok());
+        assert_eq!(runs.load(Ordering::SeqCst), 2);
     }
 
     #[test]

@@ -247,7 +247,7 @@ impl FileLog {
                     let (from, to) = (self.dir.join(format::SPARE_FILE), path.clone());
                     let name_step = Step::new(Box::new(move || {
                         let op = StorageOp::CreateSegment;
-                        for previous in after {
+                        for previous in &after {
                             previous.ensure()?;
                         }
                         let Some(_folder) = gate.enter() else {

@@ -193,11 +193,11 @@ impl Segment {
 
     /// Takes in what finished steps did; a failed step's error.
     pub fn settle(&mut self) -> Result<(), StorageError> {
-        if let Some(outcome) = self.name_step.as_ref().and_then(|s| s.outcome()) {
+        if let Some(outcome) = self.name_step.as_ref().and_then(|s| settled(s)) {
             outcome?;
             self.name_step = None;
         }
-        if let Some(outcome) = self.seal_step.as_ref().and_then(|s| s.outcome()) {
+        if let Some(outcome) = self.seal_step.as_ref().and_then(|s| settled(s)) {
             outcome?;
             self.seal_step = None;
             // Sealed: reads open the file each time.
@@ -425,6 +425,15 @@ impl Segment {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+}
+
+/// How a step that has run went; one that failed without stopping writes
+/// (a full disk) is run again here, so it finishes once there is room.
+fn settled(step: &Step) -> Option<Result<(), StorageError>> {
+    match step.outcome()? {
+        Err(e) if !e.stops_writes() => Some(step.ensure()),
+        outcome => Some(outcome),
     }
 }
 
