@@ -691,6 +691,7 @@ impl Harness {
     async fn append(&mut self, name: &str, lens: &[usize], confirm: bool) {
         let now = self.now();
         let faulty = self.faulty(name);
+        let fail_sync = self.fail_sync;
         let mut tickets = Vec::new();
         for &len in lens {
             let payload = self.payload(len);
@@ -728,7 +729,10 @@ impl Harness {
                         stream.def.flush_on_write && stream.on_disk,
                         "{what}: flush"
                     );
-                    stream.maybe_stopped = false;
+                    // Taken, and yet, while syncs fail, a segment step on
+                    // a blocking thread (naming a new segment) may fail an
+                    // fsync and stop the writes after this answer.
+                    stream.maybe_stopped = fail_sync && stream.on_disk;
                     tickets.push(appended);
                 }
                 (Err(e), _) if faulty && is_storage_failure(&e) => {
