@@ -207,10 +207,29 @@ pub trait SegmentLog: Send {
     fn has_pending(&self) -> bool {
         false
     }
+    /// The messages from `from` on that are in sealed segments, as a reader
+    /// that needs neither the log nor the stream's lock (sealed segments
+    /// never change), so a read of old messages can wait on the disk on
+    /// another thread while appends go on; `None` if `from` is not in a
+    /// sealed segment (or nothing is on disk).
+    fn sealed_reader(&self, _from: i64) -> Option<Box<dyn SealedRead>> {
+        None
+    }
     /// The file to fdatasync to make every append so far durable, for group
     /// commit outside the stream's lock; `None` when nothing is on disk or
     /// everything written is already synced (sealed segments are).
     fn sync_target(&self) -> Option<Arc<dyn FileHandle>> {
         None
     }
+}
+
+/// A read of sealed segments detached from their log
+/// ([`SegmentLog::sealed_reader`]).
+pub trait SealedRead: Send {
+    /// One past the last sequence number it can read.
+    fn end(&self) -> i64;
+    /// As [`SegmentLog::read`], from `from` up to [`SealedRead::end`]. If
+    /// retention removed a segment meanwhile, the error is an I/O error of
+    /// kind `NotFound`.
+    fn read(&self, from: i64, limits: ReadLimits) -> Result<Vec<Message>, StorageError>;
 }

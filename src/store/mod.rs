@@ -181,6 +181,49 @@ impl StorageFailure {
     }
 }
 
+/// What [`Store::read_now`] found.
+#[derive(Debug)]
+pub enum ReadNow {
+    Ready(Vec<Message>),
+    /// Fewer than `minMessageCount` messages are there yet: wait
+    /// ([`Store::read`]).
+    Wait,
+    /// The messages start in sealed segments on disk.
+    FromDisk(DiskRead),
+}
+
+/// A read of messages in sealed segments, to run where waiting for the
+/// disk stalls no one. The stream's lock is not held while the sealed
+/// segments are read, so appends to the stream go on meanwhile.
+pub struct DiskRead {
+    stream: Arc<Stream>,
+    read: stream::DetachedRead,
+}
+
+impl std::fmt::Debug for DiskRead {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DiskRead")
+            .field("stream", &self.stream.name())
+            .field("read", &self.read)
+            .finish()
+    }
+}
+
+impl DiskRead {
+    /// Reads here and now (the caller may wait for the disk).
+    pub fn run(self) -> Result<Vec<Message>, StoreError> {
+        self.stream.read_detached(self.read)
+    }
+
+    /// Reads on tokio's blocking pool.
+    pub async fn run_blocking(self) -> Result<Vec<Message>, StoreError> {
+        let name = self.stream.name().to_owned();
+        tokio::task::spawn_blocking(move || self.run())
+            .await
+            .unwrap_or_else(|_| Err(StoreError::Poisoned(name)))
+    }
+}
+
 /// Limits the store enforces on behalf of the server.
 #[derive(Clone, Copy, Debug)]
 pub struct StoreLimits {
@@ -372,14 +415,34 @@ impl Store {
         })
     }
 
-    /// A read that does not wait: `Ok(None)` if it would have to.
+    /// A read that does not wait: `Ok(None)` if it would have to. Reads the
+    /// disk here, whatever it takes (tests, tools); the server uses
+    /// [`Store::read_now`].
     pub fn try_read(
         &self,
         name: &str,
         options: &ReadMessagesOptions,
     ) -> Result<Option<Vec<Message>>, StoreError> {
-        match self.attempt(&*self.get(name)?, options)? {
-            ReadAttempt::Ready(messages) => Ok(Some(messages)),
+        match self.read_now(name, options)? {
+            ReadNow::Ready(messages) => Ok(Some(messages)),
+            ReadNow::FromDisk(read) => read.run().map(Some),
+            ReadNow::Wait => Ok(None),
+        }
+    }
+
+    /// A read that does not wait and does not wait on the disk either: one
+    /// that starts in a sealed segment is handed back as
+    /// [`ReadNow::FromDisk`], to run where waiting for the disk stalls no
+    /// one (the protocol thread serves every connection).
+    pub fn read_now(
+        &self,
+        name: &str,
+        options: &ReadMessagesOptions,
+    ) -> Result<ReadNow, StoreError> {
+        let stream = self.get(name)?;
+        match self.attempt(&stream, options)? {
+            ReadAttempt::Ready(messages) => Ok(ReadNow::Ready(messages)),
+            ReadAttempt::Sealed(read) => Ok(ReadNow::FromDisk(DiskRead { stream, read })),
             ReadAttempt::Short { start, available } if options.read_timeout_millis == 0 => {
                 Err(StoreError::NotEnoughMessages {
                     start,
@@ -387,7 +450,7 @@ impl Store {
                     min: options.min_message_count,
                 })
             }
-            ReadAttempt::Short { .. } => Ok(None),
+            ReadAttempt::Short { .. } => Ok(ReadNow::Wait),
         }
     }
 
@@ -396,7 +459,7 @@ impl Store {
         stream: &Stream,
         options: &ReadMessagesOptions,
     ) -> Result<ReadAttempt, StoreError> {
-        stream.try_read(options, self.now_millis(), self.limits.max_read_bytes)
+        stream.try_read(options, self.now_millis(), self.limits.max_read_bytes, true)
     }
 
     /// A read that waits up to `readTimeoutMillis` for `minMessageCount`
@@ -415,6 +478,13 @@ impl Store {
             changed.borrow_and_update();
             let (start, available) = match self.attempt(&stream, &options)? {
                 ReadAttempt::Ready(messages) => return Ok(messages),
+                ReadAttempt::Sealed(read) => {
+                    let read = DiskRead {
+                        stream: Arc::clone(&stream),
+                        read,
+                    };
+                    return read.run_blocking().await;
+                }
                 ReadAttempt::Short { start, available } => (start, available),
             };
             if tokio::time::Instant::now() >= deadline {

@@ -39,7 +39,7 @@
 //! ([`Stream::enforce_retention`]).
 
 use super::group_commit::{Closed, GroupCommit, Leadership, Turn};
-use super::log::{ReadLimits, SegmentLog, StorageError, RECORD_OVERHEAD};
+use super::log::{ReadLimits, SealedRead, SegmentLog, StorageError, RECORD_OVERHEAD};
 use super::retention::{self, Room};
 use super::{Fault, Operation, StorageFailure, StoreError};
 use crate::protocol::model::{
@@ -183,6 +183,29 @@ pub enum ReadAttempt {
         start: i64,
         available: i64,
     },
+    /// Enough messages are there, and the first are in sealed segments on
+    /// disk: [`Stream::read_detached`] reads them, on a thread that may
+    /// wait for the disk, without holding the stream's lock meanwhile.
+    Sealed(DetachedRead),
+}
+
+/// A read whose messages start in sealed segments ([`ReadAttempt::Sealed`]).
+pub struct DetachedRead {
+    reader: Box<dyn SealedRead>,
+    options: ReadMessagesOptions,
+    start: i64,
+    limits: ReadLimits,
+    now_millis: i64,
+}
+
+impl std::fmt::Debug for DetachedRead {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DetachedRead")
+            .field("start", &self.start)
+            .field("sealed_end", &self.reader.end())
+            .field("limits", &self.limits)
+            .finish()
+    }
 }
 
 /// Whether a sync of a message that is not in the stream is an error.
@@ -442,11 +465,14 @@ impl Stream {
     }
 
     /// Reads what is there now, without waiting.
+    /// With `detach`, a read that starts in a sealed segment is handed back
+    /// as [`ReadAttempt::Sealed`] instead of reading the disk here.
     pub fn try_read(
         &self,
         options: &ReadMessagesOptions,
         now_millis: i64,
         max_response_bytes: usize,
+        detach: bool,
     ) -> Result<ReadAttempt, StoreError> {
         let mut state = self.lock()?;
         state.flush_for_read();
@@ -460,19 +486,36 @@ impl Stream {
         }
         let max_count =
             usize::try_from(options.max_message_count.min(available)).unwrap_or(usize::MAX);
+        let limits = ReadLimits {
+            max_count,
+            max_bytes: max_response_bytes,
+            name_len: self.name.len(),
+        };
+        if detach {
+            if let Some(reader) = state.log.sealed_reader(start) {
+                return Ok(ReadAttempt::Sealed(DetachedRead {
+                    reader,
+                    options: *options,
+                    start,
+                    limits,
+                    now_millis,
+                }));
+            }
+        }
         // A read writes nothing, so nothing it reports can make written
         // data untrustworthy: its errors do not go through `failed`.
-        let messages = state
-            .log
-            .read(
-                start,
-                ReadLimits {
-                    max_count,
-                    max_bytes: max_response_bytes,
-                    name_len: self.name.len(),
-                },
-            )
-            .map_err(StoreError::Read)?;
+        let messages = state.log.read(start, limits).map_err(StoreError::Read)?;
+        self.enough(messages, options, max_response_bytes)
+            .map(ReadAttempt::Ready)
+    }
+
+    /// A read's messages, unless fewer than its `minMessageCount` fit.
+    fn enough(
+        &self,
+        messages: Vec<Message>,
+        options: &ReadMessagesOptions,
+        max_response_bytes: usize,
+    ) -> Result<Vec<Message>, StoreError> {
         if (messages.len() as i64) < options.min_message_count {
             return Err(StoreError::ResponseTooLarge {
                 name: self.name.clone(),
@@ -480,7 +523,69 @@ impl Stream {
                 max_bytes: max_response_bytes,
             });
         }
-        Ok(ReadAttempt::Ready(messages))
+        Ok(messages)
+    }
+
+    /// Carries out a [`ReadAttempt::Sealed`]: the sealed segments without
+    /// the stream's lock, then, if the read goes on past them, the rest
+    /// under it (what was appended meanwhile may be included, as in any
+    /// read). Answers as [`Stream::try_read`] would have.
+    pub fn read_detached(&self, read: DetachedRead) -> Result<Vec<Message>, StoreError> {
+        let DetachedRead {
+            reader,
+            options,
+            start,
+            limits,
+            now_millis,
+        } = read;
+        let mut messages = match reader.read(start, limits) {
+            Ok(messages) => messages,
+            Err(e)
+                if e.io_error().map(std::io::Error::kind) == Some(std::io::ErrorKind::NotFound) =>
+            {
+                // Retention removed a segment meanwhile: read again from
+                // what is retained now.
+                return match self.try_read(&options, now_millis, limits.max_bytes, false)? {
+                    ReadAttempt::Ready(messages) => Ok(messages),
+                    ReadAttempt::Short { start, available } => Err(StoreError::NotEnoughMessages {
+                        start,
+                        available,
+                        min: options.min_message_count,
+                    }),
+                    ReadAttempt::Sealed(_) => unreachable!("not detached"),
+                };
+            }
+            Err(e) => return Err(StoreError::Read(e)),
+        };
+        let next = start + messages.len() as i64;
+        let used: usize = messages.iter().map(|m| limits.cost(m.payload.len())).sum();
+        if messages.len() < limits.max_count && next == reader.end() && used < limits.max_bytes {
+            let state = self.lock()?;
+            let rest = state
+                .log
+                .read(
+                    next,
+                    ReadLimits {
+                        max_count: limits.max_count - messages.len(),
+                        max_bytes: limits.max_bytes - used,
+                        ..limits
+                    },
+                )
+                .map_err(StoreError::Read)?;
+            drop(state);
+            // `read` returns one message over its budget when it has none;
+            // this one is not the read's first.
+            let mut budget = limits.max_bytes - used;
+            for message in rest {
+                let cost = limits.cost(message.payload.len());
+                if cost > budget {
+                    break;
+                }
+                budget -= cost;
+                messages.push(message);
+            }
+        }
+        self.enough(messages, &options, limits.max_bytes)
     }
 
     pub fn describe(&self, now_millis: i64) -> Result<MessageStreamInfo, StoreError> {

@@ -29,13 +29,14 @@ pub mod segment;
 
 use super::fs::{self, FileHandle, FileSystem};
 use super::log::{
-    IoContext, ReadLimits, SegmentInfo, SegmentLog, StorageError, StorageOp, RECORD_OVERHEAD,
+    IoContext, ReadLimits, SealedRead, SegmentInfo, SegmentLog, StorageError, StorageOp,
+    RECORD_OVERHEAD,
 };
 use crate::protocol::model::Message;
 use background::{Gate, Step};
 use bytes::Bytes;
 use recovery::{Damage, Finding, RecoveryMode};
-use segment::Segment;
+use segment::{Segment, SegmentReader};
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -576,6 +577,59 @@ fn max_records(fs: &dyn FileSystem, path: &Path) -> Option<i64> {
     i64::try_from(size / RECORD_OVERHEAD).ok()
 }
 
+/// Sealed segments of a log, read without it ([`SegmentLog::sealed_reader`]).
+struct SealedSegments {
+    fs: Arc<dyn FileSystem>,
+    segments: Vec<SegmentReader>,
+    missing: Vec<(i64, i64)>,
+    end: i64,
+}
+
+impl SealedRead for SealedSegments {
+    fn end(&self) -> i64 {
+        self.end
+    }
+
+    fn read(&self, from: i64, limits: ReadLimits) -> Result<Vec<Message>, StorageError> {
+        let limits = ReadLimits {
+            max_count: limits
+                .max_count
+                .min(usize::try_from(self.end.saturating_sub(from)).unwrap_or(0)),
+            ..limits
+        };
+        check_missing(&self.missing, from, limits.max_count)?;
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        for segment in self
+            .segments
+            .iter()
+            .filter(|s| s.next_sequence_number() > from)
+        {
+            let start = from.max(segment.first_sequence_number());
+            if !segment.read(&*self.fs, start, limits, &mut out, &mut bytes)? {
+                break;
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// A read of `max_count` messages from `from` fails if some of them were in
+/// a segment file that could not be read at start-up.
+fn check_missing(missing: &[(i64, i64)], from: i64, max_count: usize) -> Result<(), StorageError> {
+    let wanted_end = from.saturating_add(max_count as i64);
+    match missing
+        .iter()
+        .find(|(start, end)| from < *end && *start < wanted_end)
+    {
+        Some((start, end)) => Err(StorageError::Corrupt(format!(
+            "messages {start} to {} were in a segment file that could not be read at start-up",
+            end - 1
+        ))),
+        None => Ok(()),
+    }
+}
+
 impl SegmentLog for FileLog {
     fn next_sequence_number(&self) -> i64 {
         self.next_seq
@@ -672,17 +726,7 @@ impl SegmentLog for FileLog {
     }
 
     fn read(&self, from: i64, limits: ReadLimits) -> Result<Vec<Message>, StorageError> {
-        let wanted_end = from.saturating_add(limits.max_count as i64);
-        if let Some((start, end)) = self
-            .missing
-            .iter()
-            .find(|(start, end)| from < *end && *start < wanted_end)
-        {
-            return Err(StorageError::Corrupt(format!(
-                "messages {start} to {} were in a segment file that could not be read at start-up",
-                end - 1
-            )));
-        }
+        check_missing(&self.missing, from, limits.max_count)?;
         let first = self
             .segments
             .partition_point(|s| s.info.next_sequence_number <= from);
@@ -695,6 +739,30 @@ impl SegmentLog for FileLog {
             }
         }
         Ok(out)
+    }
+
+    fn sealed_reader(&self, from: i64) -> Option<Box<dyn SealedRead>> {
+        let first = self
+            .segments
+            .partition_point(|s| s.info.next_sequence_number <= from);
+        let segments: Vec<SegmentReader> = self
+            .segments
+            .range(first..)
+            .take_while(|s| s.info.sealed)
+            .map(Segment::reader)
+            .collect();
+        let end = segments.last()?.next_sequence_number();
+        Some(Box::new(SealedSegments {
+            fs: Arc::clone(&self.fs),
+            segments,
+            missing: self
+                .missing
+                .iter()
+                .copied()
+                .filter(|(_, missing_end)| *missing_end > from)
+                .collect(),
+            end,
+        }))
     }
 
     fn sync_target(&self) -> Option<Arc<dyn FileHandle>> {

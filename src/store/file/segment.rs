@@ -23,12 +23,14 @@ pub struct Segment {
     file: Option<Arc<dyn FileHandle>>,
     /// Appended to while the segment is active; `None` once sealed.
     index_file: Option<Arc<dyn FileHandle>>,
-    index: Vec<IndexEntry>,
+    /// Shared with [`SegmentReader`]s once the segment is sealed (an active
+    /// segment's is not shared, so adding to it copies nothing).
+    index: Arc<Vec<IndexEntry>>,
     /// Record bytes at the last index entry.
     indexed_at: u64,
     /// Records that failed their checksum when the segment was recovered
     /// (first seq of the damage, first readable seq after it).
-    damaged: Vec<(i64, i64)>,
+    damaged: Arc<Vec<(i64, i64)>>,
     /// Records appended but not yet written to the file: appends arriving
     /// together are written with one call ([`Segment::flush`]).
     pending: Vec<u8>,
@@ -121,9 +123,9 @@ impl Segment {
             file: (!info.sealed).then_some(file),
             index_file,
             index_written: index.len(),
-            index,
+            index: Arc::new(index),
             indexed_at,
-            damaged,
+            damaged: Arc::new(damaged),
             pending: Vec::new(),
             undo: None,
             seal_step: None,
@@ -225,7 +227,7 @@ impl Segment {
         let before = self.pending.len();
         format::encode_record(seq, ingest_time, payload, &mut self.pending);
         if self.index.is_empty() || self.info.bytes - self.indexed_at >= INDEX_INTERVAL {
-            self.index.push(IndexEntry {
+            Arc::make_mut(&mut self.index).push(IndexEntry {
                 seq,
                 offset,
                 ingest_time,
@@ -259,7 +261,7 @@ impl Segment {
                 .take()
                 .expect("pending records have an undo point");
             self.info = undo.info;
-            self.index.truncate(undo.index_len);
+            Arc::make_mut(&mut self.index).truncate(undo.index_len);
             self.index_written = self.index_written.min(undo.index_len);
             self.indexed_at = undo.indexed_at;
             self.pending.clear();
@@ -343,6 +345,65 @@ impl Segment {
 
     /// Reads from `from` (inside this segment) into `out` until `limits`
     /// are reached (at least one message if `out` is empty). Returns false when the budget ran out.
+    /// Reads from `from` (inside this segment) into `out` until `limits`
+    /// are reached (at least one message if `out` is empty). Returns false
+    /// when the budget ran out.
+    pub fn read(
+        &self,
+        fs: &dyn FileSystem,
+        from: i64,
+        limits: ReadLimits,
+        out: &mut Vec<Message>,
+        bytes: &mut usize,
+    ) -> Result<bool, StorageError> {
+        debug_assert!(self.pending.is_empty(), "reads follow a flush");
+        self.reader().read(fs, from, limits, out, bytes)
+    }
+
+    /// What a read of the segment as it is now needs, detached from the
+    /// segment: a sealed segment never changes, so its reader can read it
+    /// without the stream's lock (a retention that removes the file
+    /// meanwhile makes the read fail with `NotFound`).
+    pub fn reader(&self) -> SegmentReader {
+        SegmentReader {
+            info: self.info,
+            path: self.path.clone(),
+            file: self.file.clone(),
+            index: Arc::clone(&self.index),
+            damaged: Arc::clone(&self.damaged),
+            written: self.written,
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// A read-only view of a segment's records as they were when it was taken
+/// ([`Segment::reader`]).
+pub struct SegmentReader {
+    info: SegmentInfo,
+    path: PathBuf,
+    /// The segment's open file, if it has one (a sealed segment opens its
+    /// file per read; one whose seal or name is still pending reads through
+    /// the file it was written with, which may not have its name yet).
+    file: Option<Arc<dyn FileHandle>>,
+    index: Arc<Vec<IndexEntry>>,
+    damaged: Arc<Vec<(i64, i64)>>,
+    written: u64,
+}
+
+impl SegmentReader {
+    pub fn first_sequence_number(&self) -> i64 {
+        self.info.first_sequence_number
+    }
+
+    pub fn next_sequence_number(&self) -> i64 {
+        self.info.next_sequence_number
+    }
+
+    /// As [`Segment::read`].
     pub fn read(
         &self,
         fs: &dyn FileSystem,
@@ -374,7 +435,6 @@ impl Segment {
             Some(e) => (e.seq, e.offset),
             None => (self.info.first_sequence_number, SEGMENT_HEADER_LEN),
         };
-        debug_assert!(self.pending.is_empty(), "reads follow a flush");
         let end = SEGMENT_HEADER_LEN + self.written;
         let opened;
         let file: &dyn FileHandle = match &self.file {
@@ -421,10 +481,6 @@ impl Segment {
             seq += 1;
         }
         Ok(out.len() < max_count)
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 }
 
