@@ -254,8 +254,9 @@ pub fn segment_recovery(data: &[u8]) {
     let claimed = status.newest_sequence_number - status.oldest_sequence_number + 1;
     // A sealed segment's index footer is trusted at open (weir decision:
     // no scan of sealed segments at start-up), so an index whose checksums
-    // were made to fit may claim more than the segment holds; reads then
-    // fail. Without one, what is claimed was found in the segment.
+    // were made to fit may claim more than the segment holds; reading
+    // those must then fail. Without one, what is claimed was found in the
+    // segment.
     let footer_trusted = index.is_some() && flags & 1 != 0;
     assert!(
         footer_trusted || claimed <= (segment.len() / MIN_RECORD) as i64,
@@ -287,10 +288,6 @@ pub fn segment_recovery(data: &[u8]) {
             Ok(None) => panic!("a read with readTimeoutMillis 0 never waits"),
             // Damage found while reading is reported as a read error.
             Err(StoreError::Read(_)) => return,
-            // Known: messages a forged footer claims beyond the segment's
-            // records read as nothing, which the stream answers as
-            // ResponseTooLarge (fuzz/README.md, findings).
-            Err(_) if footer_trusted => return,
             Err(e) => panic!("reading message {next} of {claimed} failed with {e}"),
         }
     }

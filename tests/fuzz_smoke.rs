@@ -1,13 +1,12 @@
 //! The fuzz targets' smoke pass, for CI without a fuzzer: every target of
 //! `weir::fuzzing` over its committed corpus (`fuzz/corpus/<target>/`), the
-//! inputs that once broke it (`fuzz/regressions/<target>/`), and a few
-//! thousand deterministic mutations of them. `fuzz/README.md` says how the
-//! corpus was grown and what the campaigns found.
+//! inputs that once broke it (`fuzz/regressions/<target>/`), its seeds, and a
+//! few thousand deterministic mutations of them. `fuzz/README.md` says how
+//! the corpus was grown and what the campaigns found.
 //!
-//! `cargo test --features test-util --test fuzz_smoke -- --ignored write_seeds`
-//! writes the seeds the campaigns started from (`fuzz/seeds/`): the request
-//! frames of `protocol-fixtures/*.json` and segment files of a short run of
-//! the store.
+//! The campaigns start from seeds this test writes to
+//! `target/tmp/fuzz-seeds/<target>/`: the request frames of
+//! `protocol-fixtures/*.json` and segment files of a short run of the store.
 
 use bytes::Bytes;
 use std::path::{Path, PathBuf};
@@ -121,10 +120,16 @@ fn run_target(name: &str, target: Target) {
         let result = std::panic::catch_unwind(|| target(input));
         assert!(result.is_ok(), "{name} panicked on {file}");
     }
+    let seeds: Vec<Vec<u8>> = seeds()
+        .into_iter()
+        .filter(|(target, _, _)| *target == name)
+        .map(|(_, _, input)| input)
+        .collect();
     let all: Vec<&[u8]> = corpus
         .iter()
         .chain(&regressions)
         .map(|(_, input)| &input[..])
+        .chain(seeds.iter().map(|input| &input[..]))
         .collect();
     let mut rng = Rng(0x5eed ^ name.len() as u64);
     for i in 0..MUTATIONS {
@@ -157,6 +162,81 @@ fn requests_over_the_corpus_and_mutations() {
 #[test]
 fn segment_recovery_over_the_corpus_and_mutations() {
     run_target(TARGETS[2].0, TARGETS[2].1);
+}
+
+/// Inputs the campaigns found that still break a target, with the panic
+/// each gives (fuzz/README.md, findings): the defects are in files of
+/// other owners, so they stay open here until fixed. Each must still fail
+/// as described; once one does not, move its input to
+/// `fuzz/regressions/<target>/` and its line out of here.
+const KNOWN_DEFECTS: [(&str, &str, &str); 5] = [
+    // A sealed index whose footer claims more messages than the segment
+    // has: reading them answers ResponseTooLarge, not a read error.
+    (
+        "segment_recovery",
+        "forged-footer-claims-more-messages",
+        "do not fit in one response",
+    ),
+    // The first index entry is past the segment's first message: a read
+    // from the start begins at that entry and returns later messages.
+    (
+        "segment_recovery",
+        "index-entry-past-the-start",
+        "reads are consecutive",
+    ),
+    // Overflows (panics with overflow checks, wraps without them) on
+    // index values: an entry offset below the header (segment.rs:97), a
+    // footer byte count near 2^64 (segment.rs:419), an entry offset near
+    // 2^64 (segment.rs:554).
+    (
+        "segment_recovery",
+        "index-entry-offset-inside-the-header",
+        "attempt to subtract with overflow",
+    ),
+    (
+        "segment_recovery",
+        "footer-bytes-overflow",
+        "attempt to add with overflow",
+    ),
+    (
+        "segment_recovery",
+        "index-entry-offset-overflow",
+        "attempt to add with overflow",
+    ),
+];
+
+#[test]
+fn known_defects_still_fail_as_reported() {
+    let dir = fuzz_dir().join("known-defects");
+    let mut files = 0;
+    for (target_name, file, expected) in KNOWN_DEFECTS {
+        let target = TARGETS.iter().find(|(t, _)| *t == target_name).unwrap().1;
+        let input = std::fs::read(dir.join(target_name).join(file)).unwrap();
+        let outcome = std::panic::catch_unwind(|| target(&input));
+        let message = match outcome {
+            Ok(()) => panic!(
+                "{target_name}/{file} no longer fails: move it to fuzz/regressions/{target_name}/"
+            ),
+            Err(payload) => payload
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default(),
+        };
+        assert!(
+            message.contains(expected),
+            "{target_name}/{file} fails differently now: {message}"
+        );
+        files += 1;
+    }
+    let on_disk: usize = TARGETS
+        .iter()
+        .map(|(t, _)| inputs(&dir.join(t)).len())
+        .sum();
+    assert_eq!(
+        on_disk, files,
+        "every file in fuzz/known-defects/ is listed"
+    );
 }
 
 #[test]
@@ -248,48 +328,66 @@ fn store_segments() -> Vec<(String, Vec<u8>, Option<Vec<u8>>)> {
         .collect()
 }
 
-#[test]
-#[ignore = "writes fuzz/seeds/; run by hand to reseed the campaigns"]
-fn write_seeds() {
-    let seeds = fuzz_dir().join("seeds");
-    let write = |target: &str, name: &str, bytes: &[u8]| {
-        let dir = seeds.join(target);
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join(name), bytes).unwrap();
-    };
+/// Where [`seeds_pass_every_target`] leaves the seeds for the campaigns.
+fn seeds_dir() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join("fuzz-seeds")
+}
+
+/// The seeds of every target: fixture frames and store segments, laid out
+/// as each target reads its input.
+fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
+    let mut out = Vec::new();
     for (sdk, frames) in fixture_frames() {
         let wire: Vec<u8> = frames.concat();
         // The real limit, then a small one that some frames exceed.
-        write("frames", &sdk, &[&[0u8, 7][..], &wire].concat());
-        write(
+        out.push(("frames", sdk.clone(), [&[0u8, 7][..], &wire].concat()));
+        out.push((
             "frames",
-            &format!("{sdk}-small"),
-            &[&[40u8, 3][..], &wire].concat(),
-        );
+            format!("{sdk}-small"),
+            [&[40u8, 3][..], &wire].concat(),
+        ));
         for (i, frame) in frames.iter().enumerate() {
             // op byte, then the payload
-            write("request", &format!("{sdk}-{i:02}"), &frame[4..]);
+            out.push(("request", format!("{sdk}-{i:02}"), frame[4..].to_vec()));
         }
     }
-    let segments = store_segments();
-    assert!(!segments.is_empty());
-    for (name, seg, idx) in segments {
-        // The first segment under its own name; later ones stand in for it
-        // (their header's first sequence number then disagrees).
-        write(
+    for (name, seg, idx) in store_segments() {
+        // The first segment under its own name; the second stands in for it
+        // (its header's first sequence number then disagrees).
+        out.push((
             "segment_recovery",
-            &format!("{name}-raw"),
-            &[&[0u8][..], &seg].concat(),
-        );
-        write(
+            format!("{name}-raw"),
+            [&[0u8][..], &seg].concat(),
+        ));
+        out.push((
             "segment_recovery",
-            &format!("{name}-fixed"),
-            &[&[1u8][..], &seg].concat(),
-        );
+            format!("{name}-fixed"),
+            [&[1u8][..], &seg].concat(),
+        ));
         if let Some(idx) = idx {
             let len = u16::try_from(idx.len()).unwrap().to_le_bytes();
             let input = [&[3u8][..], &len, &idx, &seg].concat();
-            write("segment_recovery", &format!("{name}-with-index"), &input);
+            out.push(("segment_recovery", format!("{name}-with-index"), input));
+        }
+    }
+    out
+}
+
+/// Runs every target over its seeds and writes them to
+/// `target/tmp/fuzz-seeds/<target>/`, where the campaigns start from
+/// (fuzz/README.md).
+#[test]
+fn seeds_pass_every_target() {
+    let seeds = seeds();
+    for (target_name, target) in TARGETS {
+        let mine: Vec<_> = seeds.iter().filter(|(t, _, _)| *t == target_name).collect();
+        assert!(mine.len() >= 4, "{target_name} has seeds");
+        let dir = seeds_dir().join(target_name);
+        std::fs::create_dir_all(&dir).unwrap();
+        for (_, name, input) in mine {
+            let result = std::panic::catch_unwind(|| target(input));
+            assert!(result.is_ok(), "{target_name} panicked on seed {name}");
+            std::fs::write(dir.join(name), input).unwrap();
         }
     }
 }
