@@ -1,4 +1,5 @@
-//! [`MemoryLog`]: segments kept in memory (`Persistence.Memory`).
+//! [`MemoryLog`]: segments kept in memory (`Persistence.Memory`, and every
+//! stream of a store made by `Store::new`, which has no disk).
 //!
 //! Messages are not kept one allocation each. A `Vec<Message>` per segment
 //! costs a 48-byte `Message` (plus the vector's spare room) and a malloc
@@ -9,8 +10,9 @@
 //! threshold to that block's size, so equal blocks come from the heap).
 //!
 //! So records are written one after another into *chunks*, anonymous
-//! memory mappings of [`CHUNK_LEN`] bytes, as the file log writes them into
-//! segment files:
+//! memory mappings (the first of a log [`FIRST_CHUNK_LEN`] bytes, each next
+//! one twice the last, up to [`CHUNK_LEN`]), as the file log writes them
+//! into segment files:
 //!
 //! ```text
 //! record   len u32 LE | ingest_time i64 LE | payload (len bytes)
@@ -34,7 +36,9 @@
 //!   back to the OS at once. A reader still holding a payload keeps its
 //!   chunk until it lets go.
 //! * Pages of a mapping that were never written are not resident: a stream
-//!   holding one small message costs a page, not a chunk.
+//!   holding one small message costs a page of memory, and the small first
+//!   chunk keeps many small streams from taking much address space (which
+//!   32-bit devices have little of).
 
 use super::log::{ReadLimits, SegmentInfo, SegmentLog, StorageError, RECORD_OVERHEAD};
 use crate::protocol::model::Message;
@@ -42,8 +46,10 @@ use bytes::Bytes;
 use memmap2::MmapMut;
 use std::collections::VecDeque;
 
-/// Size of a chunk.
+/// Size of a chunk once a log has grown.
 pub const CHUNK_LEN: usize = 1 << 20;
+/// Size of a log's first chunk.
+pub const FIRST_CHUNK_LEN: usize = 64 << 10;
 /// A record's length and ingest time, in front of its payload.
 const RECORD_HEADER: usize = 4 + 8;
 /// Bits of a record position that hold the offset in its chunk.
@@ -62,6 +68,8 @@ pub struct MemoryLog {
     first_chunk: u64,
     /// The chunk being written, number `first_chunk + frozen.len()`.
     writing: Option<WritingChunk>,
+    /// Size of the next chunk (0: [`FIRST_CHUNK_LEN`]).
+    next_chunk_len: usize,
     next_sequence_number: i64,
     total_bytes: u64,
 }
@@ -190,10 +198,12 @@ impl MemoryLog {
             self.freeze_writing();
         }
         if self.writing.is_none() {
+            let len = self.next_chunk_len.max(FIRST_CHUNK_LEN).max(record_len);
             self.writing = Some(WritingChunk {
-                map: MmapMut::map_anon(CHUNK_LEN)?,
+                map: MmapMut::map_anon(len)?,
                 written: 0,
             });
+            self.next_chunk_len = (len * 2).min(CHUNK_LEN);
         }
         let number = self.writing_number();
         let chunk = self.writing.as_mut().expect("a chunk was just ensured");
@@ -370,6 +380,12 @@ mod tests {
     #[test]
     fn allocation_follows_the_stored_bytes_and_goes_when_segments_leave() {
         let mut log = MemoryLog::new();
+        fill(&mut log, 1, 100, 4 << 20);
+        assert!(
+            log.allocated_bytes() <= FIRST_CHUNK_LEN + 64,
+            "a small stream takes a small chunk: {}",
+            log.allocated_bytes()
+        );
         fill(&mut log, 200_000, 100, 4 << 20);
         let stored = log.total_bytes() as usize;
         let allocated = log.allocated_bytes();
@@ -451,6 +467,12 @@ mod tests {
         let last = (count - 1) as i64;
         let newest = log.read(last, limits(1)).unwrap();
         assert_eq!(newest[0].payload, Bytes::from(vec![(count - 1) as u8; 100]));
+        let newest_again = log.read(last, limits(1)).unwrap();
+        assert_ne!(
+            newest[0].payload.as_ptr(),
+            newest_again[0].payload.as_ptr(),
+            "the chunk being written is copied from"
+        );
     }
 
     #[test]
