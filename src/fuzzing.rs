@@ -209,7 +209,7 @@ pub fn segment_recovery(data: &[u8]) {
     let [flags, rest @ ..] = data else {
         return;
     };
-    let (index, segment) = match (flags & 2 != 0, rest) {
+    let (mut index, mut segment) = match (flags & 2 != 0, rest) {
         (true, [lo, hi, rest @ ..]) => {
             let len = usize::from(u16::from_le_bytes([*lo, *hi])).min(rest.len());
             let (index, segment) = rest.split_at(len);
@@ -217,8 +217,6 @@ pub fn segment_recovery(data: &[u8]) {
         }
         _ => (None, rest.to_vec()),
     };
-    let mut segment = segment;
-    let mut index = index;
     if flags & 1 != 0 {
         fix_segment_checksums(&mut segment);
         if let Some(index) = index.as_mut() {
