@@ -273,6 +273,22 @@ class Report:
         return 0 if not self.failed and self.passed else 1
 
 
+def in_ci():
+    """CI runs with CI=true; there a test that skips has failed."""
+    return os.environ.get("CI", "").strip().lower() == "true"
+
+
+def skip(what, why):
+    """A test that cannot run here. On a developer's machine: a SKIP line and
+    exit status 0; under CI=true: a FAIL line and status 1, because a CI run
+    must not pass a test by skipping it. Returns the exit status."""
+    if in_ci():
+        print(f"FAIL {what}: could not run ({why}); under CI=true a skip is a failure", flush=True)
+        return 1
+    print(f"SKIP {what}: {why}", flush=True)
+    return 0
+
+
 def main_guard(fn):
     """Run a test program's main(); infrastructure errors become exit status 2."""
     try:

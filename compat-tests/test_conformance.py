@@ -3,12 +3,12 @@
 The per-SDK programs (conformance.py / conformance.js) print one line per case;
 this driver checks that the output is well formed (every line is a case result,
 the summary agrees with them, exit status agrees), forwards the lines, and
-prints a per-SDK PASS/FAIL count.
+prints a per-SDK PASS/FAIL count. Under CI=true a skipped case is a failure.
 """
 import os
 import re
 
-from harness import HERE, HarnessError, Weir, indent, main_guard, run_client, sdk_python
+from harness import HERE, HarnessError, Weir, in_ci, indent, main_guard, run_client, sdk_python
 
 SDKS = [
     # (label, argv)
@@ -53,6 +53,9 @@ def run_sdk(label, argv):
         problems.append(f"exit status {rc} with {counts['FAIL']} failed cases")
     if counts["PASS"] == 0:
         problems.append("no case passed")
+    skipped = max(counts["SKIP"], summary[2] if summary else 0)
+    if skipped and in_ci():
+        problems.append(f"{skipped} cases skipped; under CI=true a skip is a failure")
     if counts["FAIL"] or problems:
         print(f"  [{label}] client stderr tail:\n{indent(err[-4000:])}\n  weir log tail:\n{weir_log}", flush=True)
     return counts["PASS"], counts["FAIL"], counts["SKIP"], problems

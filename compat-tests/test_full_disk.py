@@ -1,9 +1,12 @@
 """A full disk: appends fail with a clear error, nothing stored is lost, reads keep
 working, and appends succeed again once space is freed.
 
-weir's store lives on a real, small file system: a 4 MiB tmpfs this test mounts
-(it needs root; without the privilege, or if `mount` fails, it prints a SKIP line
-and exits 0).  Before weir starts, two filler files (1 MiB and 512 KiB) are
+weir's store lives on a real, small file system: a 4 MiB tmpfs this test mounts.
+As root it mounts it directly; otherwise it re-runs itself in a user and mount
+namespace of its own (`unshare -rm`), where it may mount a tmpfs, and weir runs
+in there with it (the network is shared, so the client reaches it on loopback).
+If neither works it prints a SKIP line and exits 0, except under CI=true, where
+that is a failure (exit 1).  Before weir starts, two filler files (1 MiB and 512 KiB) are
 written into the tmpfs; the store fills the rest.  With a real SDK client
 (stream-manager 1.1.2) and two File streams -- `full-flush` (flushOnWrite, small
 segments, so the disk also fills while segments are sealed and opened) and
@@ -61,10 +64,34 @@ def ensure_sdk_python():
         os.execv(py, [py, os.path.abspath(__file__)] + sys.argv[1:])
 
 
+USERNS_ENV = "WEIR_FULLDISK_IN_USERNS"      # set once the test re-ran itself under unshare -rm
+
+
+def reexec_in_user_namespace():
+    """Re-runs this test in a new user + mount namespace, where it is root of its own mounts.
+    Does not return if that works; returns why not otherwise."""
+    if os.environ.get(USERNS_ENV):
+        return "not root even in the user namespace unshare -rm made (euid %d)" % os.geteuid()
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        return "not root, and no unshare command for a user namespace"
+    try:
+        probe = subprocess.run([unshare, "-rm", "true"], stdin=subprocess.DEVNULL, capture_output=True,
+                               text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return "not root, and unshare -rm failed: %s" % e
+    if probe.returncode != 0:
+        return "not root, and unshare -rm failed (exit %d): %s" % (probe.returncode, probe.stderr.strip())
+    print("full-disk test: not root (euid %d): re-running in a user + mount namespace (unshare -rm)"
+          % os.geteuid(), flush=True)
+    os.environ[USERNS_ENV] = "1"
+    os.execv(unshare, [unshare, "-rm", sys.executable, os.path.abspath(__file__)] + sys.argv[1:])
+
+
 def mount_tmpfs():
     """Mounts a TMPFS_SIZE tmpfs on a new temporary folder; returns (folder, None) or (None, why not)."""
     if os.geteuid() != 0:
-        return None, "not running as root (euid %d), so no tmpfs can be mounted" % os.geteuid()
+        return None, reexec_in_user_namespace()
     if shutil.which("mount") is None or shutil.which("umount") is None:
         return None, "no mount/umount command on PATH"
     mnt = tempfile.mkdtemp(prefix="weir-fulldisk-mnt-")
@@ -295,14 +322,13 @@ def compress(seqs):
 
 
 def main():
-    from harness import HarnessError, Report, Weir
+    from harness import HarnessError, Report, Weir, skip
     from stream_manager.data import MessageStreamDefinition, Persistence, StrategyOnFull
 
     t_begin = time.monotonic()
     mnt, why = mount_tmpfs()
     if mnt is None:
-        print("SKIP full-disk test: %s (it needs a small tmpfs of its own for weir's store)" % why, flush=True)
-        return 0
+        return skip("full-disk test", "%s (it needs a small tmpfs of its own for weir's store)" % why)
     # A SIGTERM to the driver still unmounts (the finally below runs).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     report = Report("full-disk")

@@ -55,6 +55,8 @@ pub mod bench;
 pub mod clock;
 pub mod config;
 pub mod daemon;
+#[cfg(feature = "test-util")]
+pub mod fuzzing;
 pub mod protocol;
 pub mod server;
 pub mod store;

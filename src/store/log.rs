@@ -80,6 +80,8 @@ pub enum StorageOp {
     /// Writing the sequence floor (the durable lower bound of the next
     /// sequence number).
     WriteFloor,
+    /// Mapping memory for a `Memory` stream's records.
+    MapMemory,
 }
 
 impl std::fmt::Display for StorageOp {
@@ -97,6 +99,7 @@ impl std::fmt::Display for StorageOp {
             StorageOp::RemoveSegment => "removing a segment",
             StorageOp::ReadSegment => "reading a segment",
             StorageOp::WriteFloor => "writing the sequence floor",
+            StorageOp::MapMemory => "mapping memory for messages",
         })
     }
 }

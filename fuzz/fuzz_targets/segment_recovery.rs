@@ -1,0 +1,4 @@
+#![no_main]
+//! See `weir::fuzzing::segment_recovery` for the input layout and the properties checked.
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| weir::fuzzing::segment_recovery(data));
