@@ -169,41 +169,11 @@ fn segment_recovery_over_the_corpus_and_mutations() {
 /// other owners, so they stay open here until fixed. Each must still fail
 /// as described; once one does not, move its input to
 /// `fuzz/regressions/<target>/` and its line out of here.
-const KNOWN_DEFECTS: [(&str, &str, &str); 5] = [
-    // A sealed index whose footer claims more messages than the segment
-    // has: reading them answers ResponseTooLarge, not a read error.
-    (
-        "segment_recovery",
-        "forged-footer-claims-more-messages",
-        "do not fit in one response",
-    ),
-    // The first index entry is past the segment's first message: a read
-    // from the start begins at that entry and returns later messages.
-    (
-        "segment_recovery",
-        "index-entry-past-the-start",
-        "reads are consecutive",
-    ),
-    // Overflows (panics with overflow checks, wraps without them) on
-    // index values: an entry offset below the header (segment.rs:97), a
-    // footer byte count near 2^64 (segment.rs:419), an entry offset near
-    // 2^64 (segment.rs:554).
-    (
-        "segment_recovery",
-        "index-entry-offset-inside-the-header",
-        "attempt to subtract with overflow",
-    ),
-    (
-        "segment_recovery",
-        "footer-bytes-overflow",
-        "attempt to add with overflow",
-    ),
-    (
-        "segment_recovery",
-        "index-entry-offset-overflow",
-        "attempt to add with overflow",
-    ),
-];
+// The five found by the first campaigns (a forged footer claiming more
+// messages than its segment holds, an index starting past the segment's
+// first message, and three overflows on index values) are fixed; their
+// inputs are in fuzz/regressions/segment_recovery/.
+const KNOWN_DEFECTS: [(&str, &str, &str); 0] = [];
 
 #[test]
 fn known_defects_still_fail_as_reported() {

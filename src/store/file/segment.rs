@@ -114,7 +114,9 @@ impl Segment {
         damaged: Vec<(i64, i64)>,
     ) -> Segment {
         let index_path = path.with_extension("idx");
-        let indexed_at = index.last().map_or(0, |e| e.offset - SEGMENT_HEADER_LEN);
+        let indexed_at = index
+            .last()
+            .map_or(0, |e| e.offset.saturating_sub(SEGMENT_HEADER_LEN));
         Segment {
             written: info.bytes,
             info,
@@ -432,8 +434,8 @@ impl SegmentReader {
             .partition_point(|e| e.seq <= from)
             .saturating_sub(1);
         let (mut seq, mut offset) = match self.index.get(at) {
-            Some(e) => (e.seq, e.offset),
-            None => (self.info.first_sequence_number, SEGMENT_HEADER_LEN),
+            Some(e) if e.seq <= from => (e.seq, e.offset),
+            _ => (self.info.first_sequence_number, SEGMENT_HEADER_LEN),
         };
         let end = SEGMENT_HEADER_LEN + self.written;
         let opened;
@@ -479,6 +481,13 @@ impl SegmentReader {
             }
             offset += header.total_len();
             seq += 1;
+        }
+        if seq < self.info.next_sequence_number {
+            // The file ends before the messages its index says it holds.
+            return Err(corrupt(
+                &self.path,
+                format!("the segment ends before message {seq}"),
+            ));
         }
         Ok(out.len() < max_count)
     }
@@ -615,7 +624,17 @@ pub fn recover(
         }
     };
     if let Some((index, summary)) = format::decode_sealed_index(&index_bytes) {
-        if SEGMENT_HEADER_LEN + summary.bytes == file_len {
+        let fits = SEGMENT_HEADER_LEN.checked_add(summary.bytes) == Some(file_len)
+            && summary.next_seq >= first_seq
+            // Every record takes at least its header.
+            && u64::try_from(summary.next_seq - first_seq)
+                .ok()
+                .and_then(|n| n.checked_mul(RECORD_HEADER_LEN as u64))
+                .is_some_and(|least| least <= summary.bytes)
+            && (summary.bytes == 0) == index.is_empty()
+            && trusted_prefix(&index, first_seq, file_len) == index.len()
+            && index.last().is_none_or(|e| e.seq < summary.next_seq);
+        if fits {
             return Ok(Recovered {
                 segment: Segment::with_written(
                     SegmentInfo {
@@ -634,7 +653,7 @@ pub fn recover(
                 truncated: 0,
             });
         }
-        tracing::warn!(path = %path.display(), "segment size disagrees with its index; rescanning");
+        tracing::warn!(path = %path.display(), "segment size or index disagrees with its footer; rescanning");
     }
     // Start from the last hint whose record verifies: only the tail after
     // it is read, not the whole segment.
@@ -642,10 +661,7 @@ pub fn recover(
     let mut start = (first_seq, SEGMENT_HEADER_LEN);
     let mut index: Vec<IndexEntry> = Vec::new();
     let mut newest = i64::MIN;
-    let ordered = 1 + hints
-        .windows(2)
-        .take_while(|w| w[0].seq < w[1].seq && w[0].offset < w[1].offset)
-        .count();
+    let ordered = trusted_prefix(&hints, first_seq, file_len);
     for (i, hint) in hints.iter().enumerate().take(ordered).rev() {
         if hint.seq >= first_seq && verified_at(&*file, hint.offset, hint.seq, file_len)?.is_some()
         {
@@ -755,6 +771,24 @@ pub fn recover(
     Ok(Recovered { segment, truncated })
 }
 
+/// How many of `index`'s first entries can be trusted to point into the
+/// segment: the first is the segment's first record (where appends put
+/// it), and sequence numbers and offsets strictly increase inside the file.
+/// A checksum only says an entry was written as it reads, not that what
+/// wrote it was right.
+fn trusted_prefix(index: &[IndexEntry], first_seq: i64, file_len: u64) -> usize {
+    let Some(head) = index.first() else {
+        return 0;
+    };
+    if head.seq != first_seq || head.offset != SEGMENT_HEADER_LEN || head.offset >= file_len {
+        return 0;
+    }
+    1 + index
+        .windows(2)
+        .take_while(|w| w[0].seq < w[1].seq && w[0].offset < w[1].offset && w[1].offset < file_len)
+        .count()
+}
+
 /// The record at `offset` if it is intact and is `seq`.
 fn verified_at(
     file: &dyn FileHandle,
@@ -763,7 +797,9 @@ fn verified_at(
     file_len: u64,
 ) -> Result<Option<RecordHeader>, StorageError> {
     let mut head = [0u8; RECORD_HEADER_LEN];
-    if offset + RECORD_HEADER_LEN as u64 > file_len
+    if offset
+        .checked_add(RECORD_HEADER_LEN as u64)
+        .is_none_or(|end| end > file_len)
         || !fs::read_exact_at(file, &mut head, offset).during(StorageOp::RecoverSegment)?
     {
         return Ok(None);
@@ -790,7 +826,9 @@ fn skip_damaged(
     file_len: u64,
 ) -> Result<Option<(u64, i64)>, StorageError> {
     let mut head = [0u8; RECORD_HEADER_LEN];
-    if offset + RECORD_HEADER_LEN as u64 > file_len
+    if offset
+        .checked_add(RECORD_HEADER_LEN as u64)
+        .is_none_or(|end| end > file_len)
         || !fs::read_exact_at(file, &mut head, offset).during(StorageOp::RecoverSegment)?
     {
         return Ok(None);
