@@ -82,6 +82,7 @@ pub async fn serve(
     socket: TcpStream,
     ctx: Arc<ServerContext>,
     slot: HandshakeSlot,
+    connections: Arc<Semaphore>,
     shutdown: CancellationToken,
     abort: CancellationToken,
 ) {
@@ -93,7 +94,7 @@ pub async fn serve(
     let span = tracing::info_span!("connection", %client, %peer);
     async move {
         tokio::select! {
-            outcome = serve_client(socket, &ctx, client, slot, shutdown) => match outcome {
+            outcome = serve_client(socket, &ctx, client, slot, connections, shutdown) => match outcome {
                 Ok(()) => tracing::debug!("closed"),
                 // Sockets that never handshake come by the thousand in an
                 // attack; the server logs their run once.
@@ -114,20 +115,24 @@ async fn serve_client(
     ctx: &Arc<ServerContext>,
     client: String,
     slot: HandshakeSlot,
+    connections: Arc<Semaphore>,
     shutdown: CancellationToken,
 ) -> Result<(), ConnectionError> {
     // Clients (Java explicitly) want answers without Nagle delays.
     socket.set_nodelay(true)?;
     let (reader, mut writer) = socket.into_split();
     let timeout = ctx.limits.handshake_timeout;
-    let handshake = tokio::time::timeout(timeout, handshake(reader, &mut writer, ctx, client));
+    let handshake = tokio::time::timeout(
+        timeout,
+        handshake(reader, &mut writer, ctx, client, connections),
+    );
     let outcome = tokio::select! {
         result = handshake => result.map_err(|_| ConnectionError::HandshakeTimeout(timeout))?,
         () = slot.evicted() => return Err(ConnectionError::Evicted),
         () = shutdown.cancelled() => return Ok(()),
     };
     drop(slot);
-    let (version, mut frames) = match outcome {
+    let (version, mut frames, _connection) = match outcome {
         Ok(accepted) => accepted,
         Err(e) => {
             writer.shutdown().await.ok();
@@ -140,14 +145,17 @@ async fn serve_client(
 }
 
 /// Reads `01` + Connect, answers `01` + ConnectResponse. Returns the
-/// negotiated version and the frame reader, which may already hold requests
-/// the client sent right behind its Connect.
+/// negotiated version, the frame reader, which may already hold requests
+/// the client sent right behind its Connect, and the connection's place
+/// among those served (taken only once the client is known: sockets in
+/// their handshake have their own cap).
 async fn handshake(
     mut reader: OwnedReadHalf,
     writer: &mut OwnedWriteHalf,
     ctx: &ServerContext,
     client: String,
-) -> Result<(ProtocolVersion, Frames), ConnectionError> {
+    connections: Arc<Semaphore>,
+) -> Result<(ProtocolVersion, Frames, OwnedSemaphorePermit), ConnectionError> {
     let refuse = |request_id: Option<String>, status: StatusCode, message: String| {
         ConnectResponse::refusal(request_id, status, message, &ctx.server_version)
     };
@@ -206,6 +214,21 @@ async fn handshake(
         .await?;
         return Err(ConnectionError::Refused(message));
     }
+    let Ok(connection) = connections.try_acquire_owned() else {
+        // The connections filled up while this one was in its handshake.
+        let message = "weir serves as many connections as it allows; try again later".to_owned();
+        tracing::warn!("{message}");
+        send_connect_response(
+            writer,
+            &refuse(
+                request.request_id,
+                StatusCode::UnknownFailure,
+                message.clone(),
+            ),
+        )
+        .await?;
+        return Err(ConnectionError::Refused(message));
+    };
     tracing::debug!(
         sdk = request.sdk_version.as_deref().unwrap_or("?"),
         "handshake"
@@ -219,7 +242,7 @@ async fn handshake(
         client_identifier: Some(client),
     };
     send_connect_response(writer, &accepted).await?;
-    Ok((version, frames))
+    Ok((version, frames, connection))
 }
 
 async fn send_connect_response(

@@ -238,8 +238,8 @@ impl Drop for HandshakeSlot {
 /// those left: a client that does not read its answers cannot hold the
 /// shutdown.
 ///
-/// A socket accepted past `max_connections` is closed at once, never left
-/// waiting in the backlog.
+/// A socket accepted while `max_connections` clients are connected is
+/// closed at once, never left waiting in the backlog.
 pub async fn run(
     listener: TcpListener,
     ctx: Arc<ServerContext>,
@@ -261,7 +261,10 @@ pub async fn run(
         match accepted {
             Ok((socket, peer)) => {
                 backoff = Duration::from_millis(10);
-                let Ok(permit) = Arc::clone(&limit).try_acquire_owned() else {
+                // Sockets in their handshake do not count here (they have
+                // their own cap), so strangers cannot fill the slots; a
+                // connection takes its slot once its handshake succeeds.
+                if limit.available_permits() == 0 {
                     // Logged once per run of refusals, not once per socket.
                     if refused == 0 {
                         tracing::warn!(
@@ -273,19 +276,17 @@ pub async fn run(
                     refused += 1;
                     drop(socket);
                     continue;
-                };
+                }
                 if refused > 0 {
                     tracing::info!(refused, "accepting connections again");
                     refused = 0;
                 }
                 let slot = ctx.enter_handshake();
                 let ctx = Arc::clone(&ctx);
+                let limit = Arc::clone(&limit);
                 let shutdown = shutdown.clone();
                 let abort = abort.clone();
-                connections.spawn(async move {
-                    connection::serve(socket, ctx, slot, shutdown, abort).await;
-                    drop(permit);
-                });
+                connections.spawn(connection::serve(socket, ctx, slot, limit, shutdown, abort));
             }
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of
