@@ -589,6 +589,7 @@ fn daemon_config(root: &Path, vars: &[(&str, &str)]) -> weir::config::Config {
 
 #[tokio::test]
 async fn shutdown_has_a_deadline_even_when_a_client_does_not_read() {
+    let (logs, _guard) = Logs::capture();
     let dir = tempfile::tempdir().unwrap();
     let config = daemon_config(
         dir.path(),
@@ -620,6 +621,9 @@ async fn shutdown_has_a_deadline_even_when_a_client_does_not_read() {
         wire.extend(payload);
     }
     hoarder.write_all(&wire).await.unwrap();
+    // The server is stuck on this client before the shutdown starts.
+    logs.wait_for("answers wait for the client to read them")
+        .await;
     shutdown.cancel();
     tokio::time::timeout(HANG, daemon)
         .await
@@ -720,74 +724,107 @@ async fn flush_on_write_appends_on_several_connections_survive_a_power_cut() {
     server.shutdown.cancel();
 }
 
-/// Starts the weir binary on `root` (port 0) and waits for its listening
-/// line; stderr goes on being collected.
-fn spawn_weir(root: &Path) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
-    use std::io::BufRead;
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
-        .env_clear()
-        .env("STREAM_MANAGER_SERVER_PORT", "0")
-        .env("STREAM_MANAGER_STORE_ROOT_DIR", root)
-        .env("STREAM_MANAGER_AUTHENTICATE_CLIENT", "false")
-        .env("LOG_LEVEL", "INFO")
-        .stderr(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (lines, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr).lines() {
-            let Ok(line) = line else { return };
-            if lines.send(line).is_err() {
-                return;
+/// A weir process a test started; killed by its PID if the test ends
+/// without stopping it.
+struct Weir {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Weir {
+    /// Starts the weir binary on `root` (port 0); stderr goes on being
+    /// collected.
+    fn spawn(root: &Path) -> Weir {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+            .env_clear()
+            .env("STREAM_MANAGER_SERVER_PORT", "0")
+            .env("STREAM_MANAGER_STORE_ROOT_DIR", root)
+            .env("STREAM_MANAGER_AUTHENTICATE_CLIENT", "false")
+            .env("LOG_LEVEL", "INFO")
+            .stderr(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (lines, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { return };
+                if lines.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Weir { child, lines: rx }
+    }
+
+    /// Lines until one contains `needle`.
+    fn wait_line(&self, needle: &str) -> Vec<String> {
+        let mut seen = Vec::new();
+        while let Ok(line) = self.lines.recv_timeout(HANG) {
+            let found = line.contains(needle);
+            seen.push(line);
+            if found {
+                return seen;
             }
         }
-    });
-    (child, rx)
-}
+        panic!("never printed {needle:?}: {seen:?}");
+    }
 
-/// Lines until one contains `needle` (or the process's stderr ends).
-fn wait_line(lines: &std::sync::mpsc::Receiver<String>, needle: &str) -> Vec<String> {
-    let mut seen = Vec::new();
-    while let Ok(line) = lines.recv_timeout(HANG) {
-        let found = line.contains(needle);
-        seen.push(line);
-        if found {
-            return seen;
+    /// Waits for the process to exit on its own (bounded by [`HANG`]).
+    fn exit_status(&mut self) -> std::process::ExitStatus {
+        let deadline = std::time::Instant::now() + HANG;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(std::time::Instant::now() < deadline, "weir did not exit");
+            // Polling a child process has no readiness signal to wait on.
+            std::thread::sleep(Duration::from_millis(10));
         }
     }
-    panic!("never printed {needle:?}: {seen:?}");
+
+    /// SIGTERM, then its exit status.
+    fn stop(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+        self.exit_status()
+    }
 }
 
-fn stop(child: &mut std::process::Child) -> std::process::ExitStatus {
-    let pid = child.id().to_string();
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    child.wait().unwrap()
+impl Drop for Weir {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            // Only when the test failed before stopping it.
+            self.child.kill().ok();
+            self.child.wait().ok();
+        }
+    }
 }
 
 #[test]
 fn a_second_weir_on_the_same_store_refuses_to_start_naming_the_folder_and_the_first() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut first, first_lines) = spawn_weir(dir.path());
-    wait_line(&first_lines, "weir listening on");
-    let (mut second, second_lines) = spawn_weir(dir.path());
-    let status = second.wait().unwrap();
-    let said: Vec<String> = second_lines.iter().collect();
+    let mut first = Weir::spawn(dir.path());
+    first.wait_line("weir listening on");
+    let mut second = Weir::spawn(dir.path());
+    let status = second.exit_status();
+    let said: Vec<String> = second.lines.iter().collect();
     assert!(
         !status.success(),
         "the second weir exits non-zero: {said:?}"
     );
     let said = said.join("\n");
     assert!(said.contains(&dir.path().display().to_string()), "{said}");
-    assert!(said.contains(&first.id().to_string()), "{said}");
-    assert!(stop(&mut first).success());
+    assert!(said.contains(&first.child.id().to_string()), "{said}");
+    assert!(first.stop().success());
     // The store is free again.
-    let (mut third, third_lines) = spawn_weir(dir.path());
-    wait_line(&third_lines, "weir listening on");
-    assert!(stop(&mut third).success());
+    let mut third = Weir::spawn(dir.path());
+    third.wait_line("weir listening on");
+    assert!(third.stop().success());
 }
