@@ -3,12 +3,13 @@
 //! The length is validated from the 4-byte header before anything is
 //! reserved ([`RawFrame::declared_len`]). Frames that fit a connection's own
 //! small buffer ([`SMALL_BUFFER`]) are read into it as they come, several per
-//! read. A larger frame is received in chunks of [`CHUNK`] bytes, each taken
-//! from a server-wide budget (a semaphore of bytes) before it is allocated:
-//! a frame that declares a huge length and then stalls holds only the chunks
-//! its bytes arrived in, and when the budget is spent a connection waits
-//! (stops being read) instead of allocating. The chunks are joined into one
-//! buffer once the frame is complete, and their budget is given back.
+//! read. A larger frame gets a buffer of its own that grows as its bytes
+//! arrive, never to more than twice what has arrived (at least [`CHUNK`]),
+//! and every growth is first taken from a server-wide budget (a semaphore of
+//! bytes): a frame that declares a huge length and then stalls holds about
+//! what it sent, and when the budget is spent a connection waits (stops
+//! being read) instead of allocating. The buffer becomes the frame without a
+//! copy, and its budget is given back.
 
 use crate::protocol::frame::{RawFrame, HEADER_LEN};
 use crate::protocol::FrameError;
@@ -22,7 +23,7 @@ use tokio::sync::Semaphore;
 pub const SMALL_BUFFER: usize = 64 * 1024;
 /// Room left for one read before the small buffer is refilled.
 const MIN_READ: usize = 4 * 1024;
-/// Unit in which large frames are received and budgeted.
+/// First size of a large frame's buffer, and its least growth.
 pub const CHUNK: usize = 256 * 1024;
 
 #[derive(Debug, thiserror::Error)]
@@ -35,12 +36,9 @@ pub enum CodecError {
     ClosedInFrame,
 }
 
-/// A large frame being received.
+/// A large frame being received: header and body so far.
 struct LargeFrame {
-    /// Header and body bytes received so far, in order; `filling` last.
-    parts: Vec<Bytes>,
-    filling: BytesMut,
-    received: usize,
+    buf: Vec<u8>,
     total: usize,
 }
 
@@ -90,40 +88,47 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                     let total = HEADER_LEN + len;
                     if total > SMALL_BUFFER {
                         // The buffer holds the start of this frame and
-                        // nothing after it (the frame is not complete).
-                        let received = self.buf.len();
+                        // nothing after it (the frame is not complete); it
+                        // moves to the frame's own buffer once that has room.
                         self.large = Some(LargeFrame {
-                            parts: vec![self.buf.split().freeze()],
-                            filling: BytesMut::new(),
-                            received,
+                            buf: Vec::new(),
                             total,
                         });
                     }
                 }
             }
             let read = match &mut self.large {
-                Some(large) if large.received == large.total => {
+                Some(large) if large.buf.len() == large.total => {
                     let large = self.large.take().expect("matched above");
-                    return Ok(Some(self.join(large)));
+                    self.give_back();
+                    let whole = Bytes::from(large.buf);
+                    return Ok(Some(RawFrame {
+                        op: whole[HEADER_LEN],
+                        payload: whole.slice(HEADER_LEN + 1..),
+                    }));
                 }
                 Some(large) => {
-                    if large.filling.len() == large.filling.capacity() {
-                        let size = CHUNK.min(large.total - large.received);
-                        take_budget(&self.budget, size, &mut self.waited).await;
+                    if large.buf.len() == large.buf.capacity() {
+                        // What has arrived: still in the small buffer the
+                        // first time.
+                        let received = large.buf.len().max(self.buf.len());
+                        let capacity = large.total.min((2 * received).max(CHUNK));
+                        let growth = capacity - large.buf.capacity();
+                        take_budget(&self.budget, growth, &mut self.waited).await;
                         // Only now that the budget is ours: bookkeeping and
                         // allocation happen in one step, so a cancelled
                         // wait leaves nothing behind.
-                        self.held += size;
+                        self.held += growth;
                         let large = self.large.as_mut().expect("still receiving");
-                        if !large.filling.is_empty() {
-                            large.parts.push(large.filling.split().freeze());
+                        large.buf.reserve_exact(capacity - large.buf.len());
+                        if large.buf.is_empty() {
+                            large.buf.extend_from_slice(&self.buf);
+                            self.buf.clear();
                         }
-                        large.filling = BytesMut::with_capacity(size);
                     }
                     let large = self.large.as_mut().expect("still receiving");
-                    let n = self.reader.read_buf(&mut large.filling).await?;
-                    large.received += n;
-                    n
+                    // Never past this frame: its buffer ends where it does.
+                    self.reader.read_buf(&mut large.buf).await?
                 }
                 None => {
                     if self.buf.capacity() - self.buf.len() < MIN_READ {
@@ -142,19 +147,6 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
     }
 
-    /// One buffer for a complete large frame; its chunks' budget goes back.
-    fn join(&mut self, large: LargeFrame) -> RawFrame {
-        let total = large.total;
-        let mut whole = BytesMut::with_capacity(large.total);
-        for part in &large.parts {
-            whole.extend_from_slice(part);
-        }
-        whole.extend_from_slice(&large.filling);
-        drop(large);
-        self.give_back();
-        RawFrame::split_from(&mut whole, total)
-    }
-
     fn give_back(&mut self) {
         self.budget.add_permits(self.held);
         self.held = 0;
@@ -170,7 +162,7 @@ impl<R> Drop for FrameReader<R> {
 /// Waits until `size` bytes of the server-wide budget are free and takes
 /// them (they are given back with `add_permits`).
 async fn take_budget(budget: &Semaphore, size: usize, waited: &mut bool) {
-    let size = u32::try_from(size).expect("chunks are small");
+    let size = u32::try_from(size).expect("frames, and so their growth, stay below 2^31 bytes");
     let permits = match budget.try_acquire_many(size) {
         Ok(permits) => permits,
         Err(_) => {
@@ -259,7 +251,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_stalled_huge_frame_holds_only_the_chunks_its_bytes_arrived_in() {
+    async fn a_stalled_huge_frame_holds_about_what_it_sent() {
         let budget = Arc::new(Semaphore::new(64 << 20));
         let (mut client, server) = tokio::io::duplex(1 << 20);
         let mut reader = FrameReader::new(server, 1 << 30, Arc::clone(&budget));
@@ -274,7 +266,7 @@ mod tests {
         );
         let held = (64 << 20) - budget.available_permits();
         assert!(
-            held <= 2 * CHUNK,
+            held <= 2 * 300 * 1024,
             "{held} bytes of budget held for 300 KiB received"
         );
         drop(reader);
@@ -293,7 +285,7 @@ mod tests {
         let mut a = FrameReader::new(a_server, 4 << 20, Arc::clone(&budget));
         let mut b = FrameReader::new(b_server, 4 << 20, Arc::clone(&budget));
         // `a` gets far enough into a large frame to hold the whole budget
-        // (two chunks), then stalls.
+        // (its buffer grown twice), then stalls.
         let a_wire = frame(4, &vec![1u8; 3 * CHUNK]);
         a_client
             .write_all(&a_wire[..2 * SMALL_BUFFER + CHUNK])
