@@ -828,3 +828,65 @@ fn a_second_weir_on_the_same_store_refuses_to_start_naming_the_folder_and_the_fi
     third.wait_line("weir listening on");
     assert!(third.stop().success());
 }
+
+/// Appends that wait for `release` before they are answered (as a
+/// `flushOnWrite` append waits for its sync); the order requests are
+/// carried out in is recorded.
+struct SlowSyncs(Arc<SlowDisk>);
+
+impl RequestHandler for SlowSyncs {
+    fn handle(&self, request: Request) -> Handled {
+        let id = request.request_id;
+        let disk = Arc::clone(&self.0);
+        disk.log.lock().unwrap().push(id.clone());
+        match request.body {
+            RequestBody::AppendMessage { .. } => Handled::Later(Box::pin(async move {
+                disk.release.notified().await;
+                Reply {
+                    request_id: id,
+                    body: ReplyBody::AppendMessage(Ok(0)),
+                }
+            })),
+            _ => Handled::Now(Reply {
+                request_id: id,
+                body: ReplyBody::ListStreams(Ok(Vec::new())),
+            }),
+        }
+    }
+}
+
+#[tokio::test]
+async fn requests_waiting_past_the_in_flight_limit_stop_the_reading() {
+    let (logs, _guard) = Logs::capture();
+    let disk: Arc<SlowDisk> = Arc::default();
+    let limits = ServerLimits {
+        max_in_flight: 2,
+        ..ServerLimits::default()
+    };
+    let server = start(Arc::new(SlowSyncs(Arc::clone(&disk))), limits, 8).await;
+    let mut socket = connect(server.addr).await;
+    let mut wire = Vec::new();
+    for (op, payload) in [
+        (4u8, append("a1", "s", b"x")),
+        (4, append("a2", "s", b"x")),
+        (11, request_only("behind")),
+    ] {
+        wire.extend(((1 + payload.len()) as i32).to_be_bytes());
+        wire.push(op);
+        wire.extend(payload);
+    }
+    socket.write_all(&wire).await.unwrap();
+    logs.wait_for("requests in flight at the limit").await;
+    assert_eq!(*disk.log.lock().unwrap(), ["a1", "a2"], "the list waits");
+    // One answered: there is room again, and the list is carried out.
+    disk.release.notify_one();
+    let (op, payload) = read_frame(&mut socket).await;
+    assert_eq!(op, 9, "{:?}", text(&payload, "requestId"));
+    let (op, payload) = read_frame(&mut socket).await;
+    assert_eq!(
+        (op, text(&payload, "requestId").as_deref()),
+        (12, Some("behind"))
+    );
+    disk.release.notify_one();
+    assert_eq!(read_frame(&mut socket).await.0, 9);
+}

@@ -338,6 +338,7 @@ async fn session(
     // Aborted if this future is dropped (the shutdown deadline), so a writer
     // blocked on a client that does not read goes with it.
     let write_task = AbortOnDropHandle::new(tokio::spawn(write_answers(writer, queued)));
+    // Room for requests waiting to be answered.
     let in_flight = Arc::new(Semaphore::new(limits.max_in_flight));
     let polls_here = Arc::new(Semaphore::new(limits.max_long_polls_per_connection));
     let mut noted = Noted::default();
@@ -354,7 +355,8 @@ async fn session(
             if let Some(end) = end.take() {
                 break end;
             }
-            if in_flight.available_permits() == 0 && !noted.in_flight {
+            let room = in_flight.available_permits();
+            if room == 0 && !noted.in_flight {
                 noted.in_flight = true;
                 tracing::warn!(
                     limit = limits.max_in_flight,
@@ -362,7 +364,9 @@ async fn session(
                 );
             }
             let first = tokio::select! {
-                frame = frames.next(), if in_flight.available_permits() > 0 => frame,
+                frame = frames.next(), if room > 0 => frame,
+                // A waiting request was answered: there is room again.
+                _ = in_flight.acquire(), if room == 0 => continue,
                 Some(_) = durable.join_next(), if !durable.is_empty() => continue,
                 Some(_) = polls.join_next(), if !polls.is_empty() => continue,
                 () = shutdown.cancelled() => break Ok(()),
@@ -399,18 +403,14 @@ async fn session(
                     ready.push(Ready::Frame(frame));
                 }
                 Ok(Step::AtBatchEnd(confirm)) => ready.push(Ready::Confirm(confirm)),
-                Ok(Step::Later(pending)) => later.push(hold(
-                    pending,
-                    Arc::clone(&in_flight).try_acquire_owned().ok(),
-                )),
+                Ok(Step::Later(pending)) => later.push(pending),
                 Ok(Step::LongPoll { wait, give_up }) => {
                     let here = Arc::clone(&polls_here).try_acquire_owned();
                     let server = Arc::clone(&ctx.long_polls).try_acquire_owned();
                     match (here, server) {
                         (Ok(here), Ok(server)) => {
-                            let slot = Arc::clone(&in_flight).try_acquire_owned().ok();
                             waiting.push(Box::pin(async move {
-                                let _held = (here, server, slot);
+                                let _held = (here, server);
                                 wait.await
                             }) as Pending);
                         }
@@ -474,10 +474,20 @@ async fn session(
         // One task for the batch's waiting requests of each kind, not one
         // each: a wave of flushOnWrite appends is released by one sync.
         if !later.is_empty() {
-            durable.spawn(answer_when_ready(later, answers.clone(), version));
+            durable.spawn(answer_when_ready(
+                InFlight::take(Arc::clone(&in_flight), later.len()),
+                later,
+                answers.clone(),
+                version,
+            ));
         }
         if !waiting.is_empty() {
-            polls.spawn(answer_when_ready(waiting, answers.clone(), version));
+            polls.spawn(answer_when_ready(
+                InFlight::take(Arc::clone(&in_flight), waiting.len()),
+                waiting,
+                answers.clone(),
+                version,
+            ));
         }
         if let Some(pending) = in_order {
             // Nothing behind it is carried out before it completes; the
@@ -501,15 +511,6 @@ async fn session(
             "writer task failed: {join}"
         )))),
     }
-}
-
-/// `pending`, keeping `slot` (its place among the requests in flight) until
-/// it completes.
-fn hold(pending: Pending, slot: Option<OwnedSemaphorePermit>) -> Pending {
-    Box::pin(async move {
-        let _slot = slot;
-        pending.await
-    })
 }
 
 enum Step {
@@ -571,25 +572,73 @@ fn carry_out(
     Ok(Step::Now(reply))
 }
 
-/// Answers each waiting request as it completes; those completing together
+/// Answers each waiting request as it completes (`counted` in flight until
+/// then); those completing together
 /// go out in one write (up to [`BATCH_ANSWER_BYTES`], so the queue budget
 /// bounds what is built ahead of the client).
-async fn answer_when_ready(later: Vec<Pending>, answers: Answers, version: ProtocolVersion) {
+async fn answer_when_ready(
+    counted: InFlight,
+    later: Vec<Pending>,
+    answers: Answers,
+    version: ProtocolVersion,
+) {
     let mut pending: FuturesUnordered<Pending> = later.into_iter().collect();
     while let Some(reply) = pending.next().await {
         let mut out = BytesMut::from(&reply.frame(version)[..]);
+        let mut done = 1;
         while out.len() < BATCH_ANSWER_BYTES {
             match pending.next().now_or_never() {
-                Some(Some(reply)) => out.extend_from_slice(&reply.frame(version)),
+                Some(Some(reply)) => {
+                    out.extend_from_slice(&reply.frame(version));
+                    done += 1;
+                }
                 _ => break,
             }
         }
+        counted.finish(done);
         // If the writer is gone the client is too; the answers have
         // nowhere to go.
         if answers.send(out.freeze()).await.is_err() {
             tracing::debug!("answers dropped: connection closing");
             return;
         }
+    }
+}
+
+/// The room in flight that one task's requests take, given back as they
+/// are answered (a batch of answers at a time: this is the path of every
+/// `flushOnWrite` append) and, for those never answered, when the task
+/// ends (dropped at shutdown).
+struct InFlight {
+    room: Arc<Semaphore>,
+    held: std::cell::Cell<usize>,
+}
+
+impl InFlight {
+    /// Takes room for `n` requests, or what is left (a batch carried over
+    /// from a full one may exceed it by a few).
+    fn take(room: Arc<Semaphore>, n: usize) -> InFlight {
+        let n = n.min(room.available_permits());
+        if let Ok(permits) = room.try_acquire_many(u32::try_from(n).unwrap_or(u32::MAX)) {
+            // Given back with add_permits, a batch at a time.
+            permits.forget();
+        }
+        InFlight {
+            room,
+            held: std::cell::Cell::new(n),
+        }
+    }
+
+    fn finish(&self, answered: usize) {
+        let given = answered.min(self.held.get());
+        self.held.set(self.held.get() - given);
+        self.room.add_permits(given);
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.room.add_permits(self.held.get());
     }
 }
 
