@@ -4,7 +4,8 @@
 //! reserved ([`RawFrame::declared_len`]). Frames that fit a connection's own
 //! small buffer ([`SMALL_BUFFER`]) are read into it as they come, several per
 //! read. A larger frame gets a buffer of its own that grows as its bytes
-//! arrive, never to more than twice what has arrived (at least [`CHUNK`]),
+//! arrive, never to more than four times what has arrived (at least
+//! [`CHUNK`]),
 //! and every growth is first taken from a server-wide budget (a semaphore of
 //! bytes): a frame that declares a huge length and then stalls holds about
 //! what it sent, and when the budget is spent a connection waits (stops
@@ -112,7 +113,13 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                         // What has arrived: still in the small buffer the
                         // first time.
                         let received = large.buf.len().max(self.buf.len());
-                        let capacity = large.total.min((2 * received).max(CHUNK));
+                        let mut capacity = large.total.min((2 * received).max(CHUNK));
+                        if 2 * capacity > large.total {
+                            // The next growth would be the last: take it now
+                            // (still under four times what arrived) and copy
+                            // the frame once less.
+                            capacity = large.total;
+                        }
                         let growth = capacity - large.buf.capacity();
                         take_budget(&self.budget, growth, &mut self.waited).await;
                         // Only now that the budget is ours: bookkeeping and
@@ -266,7 +273,7 @@ mod tests {
         );
         let held = (64 << 20) - budget.available_permits();
         assert!(
-            held <= 2 * 300 * 1024,
+            held <= 4 * 300 * 1024,
             "{held} bytes of budget held for 300 KiB received"
         );
         drop(reader);
@@ -286,7 +293,7 @@ mod tests {
         let mut b = FrameReader::new(b_server, 4 << 20, Arc::clone(&budget));
         // `a` gets far enough into a large frame to hold the whole budget
         // (its buffer grown twice), then stalls.
-        let a_wire = frame(4, &vec![1u8; 3 * CHUNK]);
+        let a_wire = frame(4, &vec![1u8; 4 * CHUNK]);
         a_client
             .write_all(&a_wire[..2 * SMALL_BUFFER + CHUNK])
             .await
