@@ -890,3 +890,37 @@ async fn requests_waiting_past_the_in_flight_limit_stop_the_reading() {
     disk.release.notify_one();
     assert_eq!(read_frame(&mut socket).await.0, 9);
 }
+
+#[tokio::test]
+async fn a_request_above_the_frame_limit_is_answered_request_payload_too_large() {
+    let store = memory_store(1 << 20);
+    // `start` sets a frame limit of 1 MiB.
+    let server = start(
+        Arc::new(StoreHandler(Arc::clone(&store))),
+        ServerLimits::default(),
+        8,
+    )
+    .await;
+    let mut socket = connect(server.addr).await;
+    create_stream(&mut socket, "big", false, false).await;
+    write_frame(
+        &mut socket,
+        4,
+        &append("too-big", "big", &vec![1u8; 2 << 20]),
+    )
+    .await;
+    let (op, payload) = read_frame(&mut socket).await;
+    assert_eq!(
+        (
+            op,
+            text(&payload, "requestId").as_deref(),
+            int(&payload, "status")
+        ),
+        (9, Some("too-big"), Some(4))
+    );
+    assert!(text(&payload, "errorMessage")
+        .unwrap()
+        .contains("WEIR_MAX_FRAME_BYTES"));
+    // The connection goes on, and nothing was stored.
+    assert_eq!(append_ok(&mut socket, "big", b"small").await, 0);
+}

@@ -13,8 +13,8 @@
 //! copy, and its budget is given back.
 
 use crate::protocol::frame::{RawFrame, HEADER_LEN};
-use crate::protocol::FrameError;
-use bytes::{Bytes, BytesMut};
+use crate::protocol::{FrameError, MAX_FRAME_LEN};
+use bytes::{Buf, Bytes, BytesMut};
 use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::Semaphore;
@@ -37,6 +37,33 @@ pub enum CodecError {
     ClosedInFrame,
 }
 
+/// What is kept of a frame above the reader's limit, for its answer.
+pub const TOO_LARGE_HEAD: usize = 4 * 1024;
+
+/// What the reader hands on.
+#[derive(Debug)]
+pub enum Received {
+    Frame(RawFrame),
+    /// A frame larger than the reader's limit (but within the protocol's,
+    /// which clients keep to): its bytes were read and dropped, all but the
+    /// first [`TOO_LARGE_HEAD`] of its payload, where the request id
+    /// usually is, so that it can be answered `RequestPayloadTooLarge`.
+    TooLarge {
+        op: u8,
+        head: Bytes,
+        len: usize,
+    },
+}
+
+/// A frame above the limit being read past.
+struct Skipping {
+    op: u8,
+    head: BytesMut,
+    /// Payload bytes still to come.
+    left: usize,
+    len: usize,
+}
+
 /// A large frame being received: header and body so far.
 struct LargeFrame {
     buf: Vec<u8>,
@@ -47,6 +74,7 @@ pub struct FrameReader<R> {
     reader: R,
     buf: BytesMut,
     large: Option<LargeFrame>,
+    skipping: Option<Skipping>,
     max_frame_len: usize,
     budget: Arc<Semaphore>,
     /// Permits of `budget` this reader holds.
@@ -61,6 +89,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             reader,
             buf: BytesMut::new(),
             large: None,
+            skipping: None,
             max_frame_len,
             budget,
             held: 0,
@@ -75,17 +104,49 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
 
     /// The next frame; `None` at a clean end of the stream (between frames).
     /// Cancel-safe: bytes read and budget taken stay with the reader.
-    pub async fn next(&mut self) -> Option<Result<RawFrame, CodecError>> {
+    pub async fn next(&mut self) -> Option<Result<Received, CodecError>> {
         self.next_frame().await.transpose()
     }
 
-    async fn next_frame(&mut self) -> Result<Option<RawFrame>, CodecError> {
+    async fn next_frame(&mut self) -> Result<Option<Received>, CodecError> {
         loop {
-            if self.large.is_none() {
-                if let Some(total) = RawFrame::check(&self.buf, self.max_frame_len)? {
-                    return Ok(Some(RawFrame::split_from(&mut self.buf, total)));
+            if let Some(skip) = &mut self.skipping {
+                let take = skip.left.min(self.buf.len());
+                let keep = take.min(TOO_LARGE_HEAD - skip.head.len());
+                skip.head.extend_from_slice(&self.buf[..keep]);
+                self.buf.advance(take);
+                skip.left -= take;
+                if skip.left == 0 {
+                    let skip = self.skipping.take().expect("matched above");
+                    return Ok(Some(Received::TooLarge {
+                        op: skip.op,
+                        head: skip.head.freeze(),
+                        len: skip.len,
+                    }));
                 }
-                if let Some(len) = RawFrame::declared_len(&self.buf, self.max_frame_len)? {
+            } else if self.large.is_none() {
+                // Lengths the protocol forbids end the connection; one
+                // above this server's own limit is read past and answered.
+                let declared =
+                    RawFrame::declared_len(&self.buf, MAX_FRAME_LEN.max(self.max_frame_len))?;
+                if let Some(len) = declared.filter(|&len| len > self.max_frame_len) {
+                    if self.buf.len() > HEADER_LEN {
+                        let op = self.buf[HEADER_LEN];
+                        self.buf.advance(HEADER_LEN + 1);
+                        self.skipping = Some(Skipping {
+                            op,
+                            head: BytesMut::new(),
+                            left: len - 1,
+                            len,
+                        });
+                        continue;
+                    }
+                } else if let Some(total) = RawFrame::check(&self.buf, self.max_frame_len)? {
+                    return Ok(Some(Received::Frame(RawFrame::split_from(
+                        &mut self.buf,
+                        total,
+                    ))));
+                } else if let Some(len) = declared {
                     let total = HEADER_LEN + len;
                     if total > SMALL_BUFFER {
                         // The buffer holds the start of this frame and
@@ -103,10 +164,10 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                     let large = self.large.take().expect("matched above");
                     self.give_back();
                     let whole = Bytes::from(large.buf);
-                    return Ok(Some(RawFrame {
+                    return Ok(Some(Received::Frame(RawFrame {
                         op: whole[HEADER_LEN],
                         payload: whole.slice(HEADER_LEN + 1..),
-                    }));
+                    })));
                 }
                 Some(large) => {
                     if large.buf.len() == large.buf.capacity() {
@@ -145,7 +206,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 }
             };
             if read == 0 {
-                return if self.buf.is_empty() && self.large.is_none() {
+                return if self.buf.is_empty() && self.large.is_none() && self.skipping.is_none() {
                     Ok(None)
                 } else {
                     Err(CodecError::ClosedInFrame)
@@ -164,6 +225,70 @@ impl<R> Drop for FrameReader<R> {
     fn drop(&mut self) {
         self.budget.add_permits(self.held);
     }
+}
+
+/// The `requestId` of a request whose payload starts with `head`, if it is
+/// among the map's leading keys before anything this scan does not step over
+/// (a nested map, an array, a string that goes past `head`). The SDKs put it
+/// first.
+pub fn request_id_in_head(head: &[u8]) -> Option<String> {
+    let mut at = 0;
+    let (major, count) = cbor_head(head, &mut at)?;
+    if major != 5 {
+        return None;
+    }
+    // Definite (`Some`) or indefinite (`None`) number of pairs.
+    for _ in 0..count.unwrap_or(u64::MAX) {
+        if head.get(at) == Some(&0xff) {
+            return None;
+        }
+        let key = cbor_text(head, &mut at)?;
+        if key == "requestId" {
+            return cbor_text(head, &mut at);
+        }
+        let (major, value) = cbor_head(head, &mut at)?;
+        match major {
+            0 | 1 | 7 => {}
+            2 | 3 => at = at.checked_add(usize::try_from(value?).ok()?)?,
+            _ => return None,
+        }
+    }
+    None
+}
+
+/// A CBOR item head at `at`: its major type and argument (`None` for an
+/// indefinite length). Floats and simple values count as major 7 with their
+/// bytes stepped over.
+fn cbor_head(bytes: &[u8], at: &mut usize) -> Option<(u8, Option<u64>)> {
+    let first = *bytes.get(*at)?;
+    *at += 1;
+    let (major, info) = (first >> 5, first & 0x1f);
+    let width = match info {
+        0..=23 => return Some((major, Some(u64::from(info)))),
+        24 => 1,
+        25 => 2,
+        26 => 4,
+        27 => 8,
+        31 if matches!(major, 2..=5) => return Some((major, None)),
+        _ => return None,
+    };
+    let arg = bytes.get(*at..*at + width)?;
+    *at += width;
+    Some((
+        major,
+        Some(arg.iter().fold(0u64, |n, &b| (n << 8) | u64::from(b))),
+    ))
+}
+
+fn cbor_text(bytes: &[u8], at: &mut usize) -> Option<String> {
+    let (major, len) = cbor_head(bytes, at)?;
+    if major != 3 {
+        return None;
+    }
+    let len = usize::try_from(len?).ok()?;
+    let text = bytes.get(*at..at.checked_add(len)?)?;
+    *at += len;
+    String::from_utf8(text.to_vec()).ok()
 }
 
 /// Waits until `size` bytes of the server-wide budget are free and takes
@@ -226,6 +351,13 @@ mod tests {
     use super::*;
     use tokio::io::AsyncWriteExt;
 
+    async fn next_frame<R: AsyncRead + Unpin>(reader: &mut FrameReader<R>) -> RawFrame {
+        match reader.next().await.unwrap().unwrap() {
+            Received::Frame(frame) => frame,
+            other => panic!("{other:?}"),
+        }
+    }
+
     fn frame(op: u8, payload: &[u8]) -> Vec<u8> {
         let mut wire = BytesMut::new();
         RawFrame::encode(op, payload, &mut wire);
@@ -245,12 +377,12 @@ mod tests {
             client.write_all(&wire).await.unwrap();
             client
         });
-        let first = reader.next().await.unwrap().unwrap();
+        let first = next_frame(&mut reader).await;
         assert_eq!((first.op, &first.payload[..]), (4, &b"\xa0"[..]));
-        let second = reader.next().await.unwrap().unwrap();
+        let second = next_frame(&mut reader).await;
         assert_eq!(second.op, 5);
         assert!(second.payload == large, "the large payload is intact");
-        let third = reader.next().await.unwrap().unwrap();
+        let third = next_frame(&mut reader).await;
         assert_eq!((third.op, &third.payload[..]), (6, &b"\xa1"[..]));
         assert_eq!(budget.available_permits(), 1 << 20);
         drop(writer.await.unwrap());
@@ -305,8 +437,66 @@ mod tests {
         let mut b_next = Box::pin(b.next());
         assert!((&mut b_next).now_or_never().is_none(), "b waits for budget");
         drop(a);
-        let frame = b_next.await.unwrap().unwrap();
+        let Received::Frame(frame) = b_next.await.unwrap().unwrap() else {
+            panic!("a whole frame")
+        };
         assert!(frame.payload == payload);
+    }
+
+    #[tokio::test]
+    async fn a_frame_above_the_limit_is_read_past_keeping_only_its_head() {
+        let budget = Arc::new(Semaphore::new(1 << 20));
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        let mut reader = FrameReader::new(server, 100_000, Arc::clone(&budget));
+        let mut w = crate::protocol::cbor::Writer::default();
+        w.map(3)
+            .kv_text("requestId", "too-big")
+            .kv_text("name", "s")
+            .text("payload")
+            .bytes(&vec![9u8; 300_000]);
+        let big = w.into_vec();
+        let mut wire = frame(4, &big);
+        wire.extend(frame(11, b"\xa0"));
+        let writer = tokio::spawn(async move { client.write_all(&wire).await.unwrap() });
+        match reader.next().await.unwrap().unwrap() {
+            Received::TooLarge { op, head, len } => {
+                assert_eq!((op, len), (4, 1 + big.len()));
+                assert_eq!(head.len(), TOO_LARGE_HEAD);
+                assert_eq!(request_id_in_head(&head).as_deref(), Some("too-big"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(budget.available_permits(), 1 << 20, "nothing was budgeted");
+        assert_eq!(
+            next_frame(&mut reader).await.op,
+            11,
+            "the next frame follows"
+        );
+        writer.await.unwrap();
+    }
+
+    #[test]
+    fn the_request_id_is_found_behind_other_leading_keys_or_not_at_all() {
+        let mut w = crate::protocol::cbor::Writer::default();
+        w.map(3)
+            .kv_int("n", 70_000)
+            .kv_text("name", "s")
+            .kv_text("requestId", "third");
+        assert_eq!(request_id_in_head(&w.into_vec()).as_deref(), Some("third"));
+        // Java: an indefinite-length map.
+        let mut java = vec![0xbf];
+        java.extend([0x69]);
+        java.extend(b"requestId");
+        java.extend([0x62]);
+        java.extend(b"id");
+        java.push(0xff);
+        assert_eq!(request_id_in_head(&java).as_deref(), Some("id"));
+        // Behind a nested map, or cut off: not found.
+        let mut w = crate::protocol::cbor::Writer::default();
+        w.map(2).text("definition").map(0).kv_text("requestId", "x");
+        assert_eq!(request_id_in_head(&w.into_vec()), None);
+        assert_eq!(request_id_in_head(&java[..8]), None);
+        assert_eq!(request_id_in_head(&[]), None);
     }
 
     use futures_util::FutureExt;

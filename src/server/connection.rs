@@ -19,10 +19,10 @@
 //! when the budget is spent the connection stops reading requests until the
 //! client reads. Each limit a connection reaches is logged once for it.
 
-use super::codec::{CodecError, FrameReader};
+use super::codec::{request_id_in_head, CodecError, FrameReader, Received};
 use super::dispatch::{Handled, Pending};
 use super::{HandshakeSlot, ServerContext};
-use crate::protocol::RawFrame;
+use crate::protocol::status::Operation;
 use crate::protocol::{
     ConnectRequest, ConnectResponse, DecodeError, Failure, ProtocolVersion, Reply, ReplyBody,
     Request, StatusCode, CONNECT_VERSION,
@@ -175,7 +175,13 @@ async fn handshake(
     }
     let mut frames = FrameReader::new(reader, MAX_CONNECT_FRAME, Arc::clone(&ctx.receiving));
     let frame = match frames.next().await {
-        Some(frame) => frame?,
+        Some(Ok(Received::Frame(frame))) => frame,
+        Some(Ok(Received::TooLarge { len, .. })) => {
+            return Err(ConnectionError::Protocol(format!(
+                "a Connect frame of {len} bytes"
+            )))
+        }
+        Some(Err(e)) => return Err(e.into()),
         None => {
             return Err(ConnectionError::Protocol(
                 "closed before the Connect frame".into(),
@@ -314,6 +320,7 @@ enum Ready {
 struct Noted {
     in_flight: bool,
     long_polls: bool,
+    too_large: bool,
 }
 
 /// The request loop after a successful handshake.
@@ -348,7 +355,7 @@ async fn session(
     let mut polls = JoinSet::new();
     // Received, not carried out yet (a batch ends early when its answers
     // are large or an in-order request comes).
-    let mut received: VecDeque<RawFrame> = VecDeque::new();
+    let mut received: VecDeque<Received> = VecDeque::new();
     let mut end: Option<Result<(), ConnectionError>> = None;
     let outcome = loop {
         if received.is_empty() {
@@ -396,7 +403,7 @@ async fn session(
         let mut waiting = Vec::new();
         let mut in_order = None;
         while let Some(frame) = received.pop_front() {
-            match carry_out(frame, ctx, version) {
+            match carry_out(frame, ctx, version, &mut noted) {
                 Ok(Step::Now(reply)) => {
                     let frame = reply.frame(version);
                     ready_bytes += frame.len();
@@ -528,10 +535,17 @@ enum Step {
 
 /// Decodes and carries out one request frame.
 fn carry_out(
-    frame: RawFrame,
+    received: Received,
     ctx: &ServerContext,
     version: ProtocolVersion,
+    noted: &mut Noted,
 ) -> Result<Step, ConnectionError> {
+    let frame = match received {
+        Received::Frame(frame) => frame,
+        Received::TooLarge { op, head, len } => {
+            return too_large(op, &head, len, ctx.max_frame_len, noted).map(Step::Now)
+        }
+    };
     let reply = match Request::decode(frame.op, &frame.payload) {
         Ok(request) => {
             return Ok(match ctx.handler.handle(request) {
@@ -570,6 +584,38 @@ fn carry_out(
         },
     };
     Ok(Step::Now(reply))
+}
+
+/// The answer to a request frame above the limit: `RequestPayloadTooLarge`
+/// on its operation's response, if its request id was in the bytes kept;
+/// otherwise there is no one to answer and the connection ends.
+fn too_large(
+    op: u8,
+    head: &[u8],
+    len: usize,
+    max: usize,
+    noted: &mut Noted,
+) -> Result<Reply, ConnectionError> {
+    let message = format!(
+        "a request of {len} bytes is larger than this server accepts ({max} bytes, WEIR_MAX_FRAME_BYTES)"
+    );
+    let (Some(response), Some(request_id)) = (Operation::response_to(op), request_id_in_head(head))
+    else {
+        return Err(ConnectionError::Protocol(format!(
+            "op {op}: {message}, and no request id to answer it"
+        )));
+    };
+    if !noted.too_large {
+        noted.too_large = true;
+        tracing::warn!(op, "{message}: answered RequestPayloadTooLarge");
+    }
+    Ok(Reply {
+        request_id,
+        body: ReplyBody::Rejected {
+            op: response,
+            failure: Failure::new(StatusCode::RequestPayloadTooLarge, message),
+        },
+    })
 }
 
 /// Answers each waiting request as it completes (`counted` in flight until
