@@ -14,7 +14,7 @@
 //! | `JVM_ARGS` | | ignored: there is no JVM |
 //! | `WEIR_BIND_ADDRESS` | 127.0.0.1 | address to listen on |
 //! | `WEIR_AUTH_TOKEN_FILE` | `<store root>/auth_token`, created if missing | accepted tokens, one per line |
-//! | `WEIR_MAX_FRAME_BYTES` | 16777216 | largest request frame; larger closes the connection |
+//! | `WEIR_MAX_FRAME_BYTES` | 16777216 | largest request frame taken; a larger one is read past and answered `RequestPayloadTooLarge` |
 //! | `WEIR_MAX_CONNECTIONS` | 256 | concurrent client connections; past it a new one is closed at once |
 //! | `WEIR_MAX_READ_BYTES` | 4194304 | bytes one read answer's messages may take, encoding included; more messages wait for the next read (at least one is always returned) |
 //! | `WEIR_SYNC_INTERVAL_MS` | 1000 | how often appends to `File` streams without `flushOnWrite` are synced: a power cut can take at most this much |
