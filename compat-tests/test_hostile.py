@@ -356,6 +356,20 @@ class Hostile:
             staller.close()
         return "300 silent sockets and a stalled 16 MiB frame; a new client served"
 
+    # -- an append above weir's frame limit (16 MiB by default; clients allow up to
+    #    2^30): the SDK gets RequestPayloadTooLargeException and its connection goes on
+    def append_above_the_frame_limit(self):
+        try:
+            self.client.append_message(STREAM, b"\x00" * (17 << 20))
+        except self.sdk.exceptions.RequestPayloadTooLargeException as e:
+            detail = str(e)
+        else:
+            raise AssertionError("a 17 MiB append was accepted")
+        seq = self.client.append_message(STREAM, b"after the big one")
+        assert seq == len(self.payloads), f"append got {seq}"
+        self.payloads.append(b"after the big one")
+        return detail[:80]
+
     # -- a client that pipelines reads and never reads the answers: the server stops
     #    reading it (bounded memory) and serves everyone else; it stays open until the
     #    SIGTERM at the end, which must still exit 0
@@ -401,6 +415,7 @@ class Hostile:
 
 def main():
     import stream_manager as sdk
+    import stream_manager.exceptions  # noqa: F401  (sdk.exceptions)
     report = Report("hostile input (raw sockets + stream-manager 1.1.2)")
     weir = Weir("hostile").start()
     try:
@@ -420,6 +435,7 @@ def main():
         h.case("client-half-close-is-closed", h.half_close)
         h.case("abandoned-long-polls-harmless", h.abandoned_long_poll)
         h.case("silent-sockets-and-stalled-frame-do-not-lock-out-clients", h.hoarded_sockets)
+        h.case("append-above-the-frame-limit-gets-status-4", h.append_above_the_frame_limit)
         h.case("a-client-that-does-not-read-holds-up-no-one", h.client_that_does_not_read)
         h.case("sdk-client-and-data-survive", h.survivors)
     except BaseException:
