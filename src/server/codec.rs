@@ -5,12 +5,16 @@
 //! small buffer ([`SMALL_BUFFER`]) are read into it as they come, several per
 //! read. A larger frame gets a buffer of its own that grows as its bytes
 //! arrive, never to more than four times what has arrived (at least
-//! [`CHUNK`]),
-//! and every growth is first taken from a server-wide budget (a semaphore of
-//! bytes): a frame that declares a huge length and then stalls holds about
-//! what it sent, and when the budget is spent a connection waits (stops
-//! being read) instead of allocating. The buffer becomes the frame without a
-//! copy, and its budget is given back.
+//! [`CHUNK`]), and every growth is first taken from a server-wide budget (a
+//! semaphore of bytes): a frame that declares a huge length and then stalls
+//! holds about what it sent, and when the budget is spent a connection
+//! waits (stops being read) instead of allocating. The buffer becomes the
+//! frame without a copy, and its budget is given back. A frame above the
+//! reader's limit is read past, keeping only its head, so that it can be
+//! answered ([`Received::TooLarge`]).
+//!
+//! [`FrameCodec`] is the `tokio_util` decoder the benchmark client reads
+//! answers with.
 
 use crate::protocol::frame::{RawFrame, HEADER_LEN};
 use crate::protocol::{FrameError, MAX_FRAME_LEN};

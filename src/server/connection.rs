@@ -17,7 +17,10 @@
 //! the writer hold budget from the connection's queue budget, and a batch
 //! stops carrying out requests once its answers reach [`BATCH_ANSWER_BYTES`];
 //! when the budget is spent the connection stops reading requests until the
-//! client reads. Each limit a connection reaches is logged once for it.
+//! client reads. Requests waiting to be answered take room in flight; when
+//! there is none, the connection stops reading too. Long-polls past their
+//! limits are answered at once. Each limit a connection reaches is logged
+//! once for it.
 
 use super::codec::{request_id_in_head, CodecError, FrameReader, Received};
 use super::dispatch::{Handled, Pending};
