@@ -15,7 +15,7 @@
 //!
 //! Memory is bounded by bytes ([`super::ServerLimits`]): answers waiting for
 //! the writer hold budget from the connection's queue budget, and a batch
-//! stops carrying out requests once its answers reach [`BATCH_ANSWER_BYTES`];
+//! stops carrying out requests once its answers reach `BATCH_ANSWER_BYTES`;
 //! when the budget is spent the connection stops reading requests until the
 //! client reads. Requests waiting to be answered take room in flight; when
 //! there is none, the connection stops reading too. Long-polls past their
