@@ -52,7 +52,8 @@ fn serve() -> std::process::ExitCode {
         .enable_all()
         .build()
         .expect("cannot start the tokio runtime");
-    runtime.block_on(async {
+    let deadline = config.limits.shutdown_timeout;
+    let code = runtime.block_on(async {
         let shutdown = CancellationToken::new();
         // Handlers are installed before weir says it is listening, so a
         // SIGTERM right after that line is a clean stop, not a kill.
@@ -65,7 +66,12 @@ fn serve() -> std::process::ExitCode {
                 std::process::ExitCode::FAILURE
             }
         }
-    })
+    });
+    // Every stream is synced by now; a stream operation still running on a
+    // blocking thread (a connection closed at the deadline) gets as long
+    // again, not forever: dropping the runtime would wait for it.
+    runtime.shutdown_timeout(deadline);
+    code
 }
 
 fn init_logging(level: &str) {
