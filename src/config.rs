@@ -24,8 +24,8 @@
 //! | `WEIR_MAX_RECEIVING_BYTES` | 67108864 | bytes of partly received large request frames, all connections together |
 //! | `WEIR_MAX_QUEUED_BYTES` | 8388608 | answer bytes waiting for one client to read them before its requests stop being read |
 //! | `WEIR_MAX_IN_FLIGHT` | 1024 | requests of one connection being carried out or waiting (flushOnWrite appends, long-polls) |
-//! | `WEIR_MAX_LONG_POLLS_PER_CONNECTION` | 64 | reads waiting for messages on one connection; more are answered at once |
-//! | `WEIR_MAX_LONG_POLLS` | 1024 | reads waiting for messages, all connections together |
+//! | `WEIR_MAX_LONG_POLLS_PER_CONNECTION` | 16 | reads waiting for messages on one connection; more are answered at once |
+//! | `WEIR_MAX_LONG_POLLS` | 256 | reads waiting for messages, all connections together |
 //!
 //! Why each default is what it is: [`crate::server::ServerLimits`] (the
 //! server's limits) and the comments below.

@@ -88,11 +88,14 @@ impl Default for ServerLimits {
             // appenders on one connection), small enough to bound the
             // per-request state of one that never stops sending.
             max_in_flight: 1024,
-            // A client's threads each wait in at most one read.
-            max_long_polls_per_connection: 64,
-            // The state of a waiting read is small (its answer is built when
-            // it completes); this bounds the reads woken by one append.
-            max_long_polls: 1024,
+            // A client's threads each wait in at most one read, and a
+            // completed read holds its answer (up to WEIR_MAX_READ_BYTES)
+            // until its client reads it: 16 bound that to 64 MiB for a
+            // connection whose client stopped reading.
+            max_long_polls_per_connection: 16,
+            // The same for all connections together, and the reads one
+            // append wakes at once.
+            max_long_polls: 256,
         }
     }
 }
