@@ -5,10 +5,13 @@ with data, and an idle raw connection stays open, we send:
   bad connect bytes, absurd/negative/too-small frame lengths, undecodable CBOR,
   an unknown op on 1.1.0 and on 1.0.0 connections, wrong/missing/empty tokens,
   well-formed requests with bad field values, a frame dribbled byte by byte and
-  two frames in one write.
+  two frames in one write, hundreds of sockets that never handshake, a frame
+  that declares the largest allowed length and stalls, and a client that
+  pipelines reads and never reads its answers.
 Afterwards the SDK client and the idle connection must still work and every
 stored message must be readable, intact.  weir is then stopped with SIGTERM while
-those connections are still open and must exit 0.
+those connections (the one that does not read included) are still open and
+must exit 0.
 
 Runs with the py311 stream-manager venv's Python (for cbor2 and the SDK).
 """
@@ -106,6 +109,7 @@ class Hostile:
         self.weir, self.report, self.sdk = weir, report, sdk
         self.port, self.token = weir.port, weir.token
         self.payloads = []         # everything stored in STREAM, by sequence number
+        self.hoarder = None        # the socket of the client that does not read
 
     def case(self, name, fn):
         try:
@@ -331,6 +335,65 @@ class Hostile:
         finally:
             sock.close()
 
+    # -- sockets that never send their Connect, and a frame that declares the largest
+    #    allowed length (16 MiB by default) and stalls: a real client still gets in
+    def hoarded_sockets(self):
+        silent = [open_socket(self.port) for _ in range(300)]
+        staller, resp = handshake(self.port, self.token)
+        assert resp.get("status") == 0, resp
+        staller.sendall((16 << 20).to_bytes(4, "big") + b"\x04" + b"\xa0" * 100_000)
+        try:
+            sock, resp = handshake(self.port, self.token)
+            assert resp.get("status") == 0, f"a real client was refused: {resp!r}"
+            self.expect_list(sock, "among-hoarders")
+            sock.close()
+            seq = self.client.append_message(STREAM, b"among hoarders")
+            assert seq == len(self.payloads), f"append got {seq}"
+            self.payloads.append(b"among hoarders")
+        finally:
+            for s in silent:
+                s.close()
+            staller.close()
+        return "300 silent sockets and a stalled 16 MiB frame; a new client served"
+
+    # -- an append above weir's frame limit (16 MiB by default; clients allow up to
+    #    2^30): the SDK gets RequestPayloadTooLargeException and its connection goes on
+    def append_above_the_frame_limit(self):
+        try:
+            self.client.append_message(STREAM, b"\x00" * (17 << 20))
+        except self.sdk.exceptions.RequestPayloadTooLargeException as e:
+            detail = str(e)
+        else:
+            raise AssertionError("a 17 MiB append was accepted")
+        seq = self.client.append_message(STREAM, b"after the big one")
+        assert seq == len(self.payloads), f"append got {seq}"
+        self.payloads.append(b"after the big one")
+        return detail[:80]
+
+    # -- a client that pipelines reads and never reads the answers: the server stops
+    #    reading it (bounded memory) and serves everyone else; it stays open until the
+    #    SIGTERM at the end, which must still exit 0
+    def client_that_does_not_read(self):
+        sock, resp = handshake(self.port, self.token)
+        assert resp.get("status") == 0, resp
+        sock.setblocking(False)
+        req = frame(5, cbor2.dumps({"requestId": "hoard", "streamName": STREAM, "readMessagesOptions": {
+            "desiredStartSequenceNumber": 0, "minMessageCount": 1, "maxMessageCount": 20}}))
+        sent = 0
+        wire = req * 4000
+        # Send what the server takes; once it stops reading, the send buffer fills.
+        try:
+            while sent < len(wire):
+                sent += sock.send(wire[sent:sent + 65536])
+        except BlockingIOError:
+            pass
+        self.hoarder = sock
+        self.expect_list(self.idle, "beside-the-hoarder")
+        seq = self.client.append_message(STREAM, b"beside the hoarder")
+        assert seq == len(self.payloads), f"append got {seq}"
+        self.payloads.append(b"beside the hoarder")
+        return f"{sent} request bytes sent by a client that does not read; others served"
+
     # -- afterwards: everything still works and nothing was lost
     def survivors(self):
         sm = self.sdk
@@ -352,6 +415,7 @@ class Hostile:
 
 def main():
     import stream_manager as sdk
+    import stream_manager.exceptions  # noqa: F401  (sdk.exceptions)
     report = Report("hostile input (raw sockets + stream-manager 1.1.2)")
     weir = Weir("hostile").start()
     try:
@@ -370,6 +434,9 @@ def main():
         h.case("update-on-1.0.0-never-status-above-14", h.update_on_v100)
         h.case("client-half-close-is-closed", h.half_close)
         h.case("abandoned-long-polls-harmless", h.abandoned_long_poll)
+        h.case("silent-sockets-and-stalled-frame-do-not-lock-out-clients", h.hoarded_sockets)
+        h.case("append-above-the-frame-limit-gets-status-4", h.append_above_the_frame_limit)
+        h.case("a-client-that-does-not-read-holds-up-no-one", h.client_that_does_not_read)
         h.case("sdk-client-and-data-survive", h.survivors)
     except BaseException:
         weir.kill()
@@ -383,6 +450,8 @@ def main():
     except HarnessError as e:
         report.fail("sigterm-with-open-connections-exits-0", str(e))
     h.idle.close()
+    if h.hoarder is not None:
+        h.hoarder.close()
     if report.failed:
         print("weir log tail:\n" + weir.log_tail(60), flush=True)
     return report.finish()

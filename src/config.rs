@@ -14,14 +14,38 @@
 //! | `JVM_ARGS` | | ignored: there is no JVM |
 //! | `WEIR_BIND_ADDRESS` | 127.0.0.1 | address to listen on |
 //! | `WEIR_AUTH_TOKEN_FILE` | `<store root>/auth_token`, created if missing | accepted tokens, one per line |
-//! | `WEIR_MAX_FRAME_BYTES` | 1073741824 | largest request frame; larger closes the connection |
-//! | `WEIR_MAX_CONNECTIONS` | 1024 | concurrent client connections |
-//! | `WEIR_MAX_READ_BYTES` | 33554432 | payload bytes one read answer may carry; more messages wait for the next read (at least one is always returned) |
+//! | `WEIR_MAX_FRAME_BYTES` | 16777216 | largest request frame taken; a larger one is read past and answered `RequestPayloadTooLarge` |
+//! | `WEIR_MAX_CONNECTIONS` | 256 | concurrent client connections; past it a new one is closed at once |
+//! | `WEIR_MAX_READ_BYTES` | 4194304 | bytes one read answer's messages may take, encoding included; more messages wait for the next read (at least one is always returned) |
 //! | `WEIR_SYNC_INTERVAL_MS` | 1000 | how often appends to `File` streams without `flushOnWrite` are synced: a power cut can take at most this much |
+//! | `WEIR_SHUTDOWN_TIMEOUT_MS` | 5000 | on SIGTERM, how long requests in progress may take before their connections are closed |
+//! | `WEIR_HANDSHAKE_TIMEOUT_MS` | 5000 | a socket that has not completed its handshake by then is closed |
+//! | `WEIR_MAX_HANDSHAKING` | 64 | sockets still in their handshake; one more closes the oldest |
+//! | `WEIR_MAX_RECEIVING_BYTES` | 67108864 | bytes of partly received large request frames, all connections together |
+//! | `WEIR_MAX_QUEUED_BYTES` | 8388608 | answer bytes waiting for one client to read them before its requests stop being read |
+//! | `WEIR_MAX_IN_FLIGHT` | 1024 | requests of one connection being carried out or waiting (flushOnWrite appends, long-polls) |
+//! | `WEIR_MAX_LONG_POLLS_PER_CONNECTION` | 16 | reads waiting for messages on one connection; more are answered at once |
+//! | `WEIR_MAX_LONG_POLLS` | 256 | reads waiting for messages, all connections together |
+//!
+//! Why each default is what it is: [`crate::server::ServerLimits`] (the
+//! server's limits) and the comments below.
 
 use crate::protocol::MAX_FRAME_LEN;
+use crate::server::ServerLimits;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
+use std::time::Duration;
+
+/// Largest request frame by default. Clients send up to 2^30 bytes
+/// (PROTOCOL.md 3), but weir must hold a whole frame in memory before it can
+/// decode it, and on a 256 MB device a 1 GiB (or even a 256 MiB) append
+/// cannot be held; 16 MiB is the default segment size, far above what IoT
+/// messages are, and four of them fit in [`ServerLimits`]'s receive budget.
+pub const DEFAULT_MAX_FRAME_BYTES: usize = 16 << 20;
+/// A read answer is built in memory and then queued for its client; 4 MiB
+/// keeps answers well below the per-connection answer budget (two fit) while
+/// per-answer overhead stays negligible.
+pub const DEFAULT_MAX_READ_BYTES: usize = 4 << 20;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("{name}={value:?}: {reason}")]
@@ -48,6 +72,9 @@ pub struct Config {
     pub log_level: String,
     pub sync_interval: std::time::Duration,
     pub max_read_bytes: usize,
+    /// Everything else the server bounds (the handshake, memory,
+    /// long-polls, the shutdown deadline).
+    pub limits: ServerLimits,
 }
 
 pub const DEFAULT_PORT: u16 = 8088;
@@ -95,7 +122,7 @@ impl Config {
         let max_frame_len = parse(
             "WEIR_MAX_FRAME_BYTES",
             get("WEIR_MAX_FRAME_BYTES"),
-            MAX_FRAME_LEN,
+            DEFAULT_MAX_FRAME_BYTES,
         )?;
         if !(64..=MAX_FRAME_LEN).contains(&max_frame_len) {
             return Err(ConfigError {
@@ -104,6 +131,7 @@ impl Config {
                 reason: format!("must be between 64 and {MAX_FRAME_LEN}"),
             });
         }
+        let limits = server_limits(&get, max_frame_len)?;
         let pool = get("STREAM_MANAGER_EXPORTER_THREAD_POOL_SIZE")
             .or_else(|| get("STREAM_MANAGER_THREAD_POOL_SIZE"));
         Ok(Config {
@@ -122,7 +150,14 @@ impl Config {
             authenticate_client,
             auth_token_file: get("WEIR_AUTH_TOKEN_FILE").map(PathBuf::from),
             max_frame_len,
-            max_connections: parse("WEIR_MAX_CONNECTIONS", get("WEIR_MAX_CONNECTIONS"), 1024)?,
+            max_connections: positive(
+                "WEIR_MAX_CONNECTIONS",
+                parse(
+                    "WEIR_MAX_CONNECTIONS",
+                    get("WEIR_MAX_CONNECTIONS"),
+                    crate::server::DEFAULT_MAX_CONNECTIONS,
+                )?,
+            )?,
             exporter_max_bandwidth_kbps: get("STREAM_MANAGER_EXPORTER_MAX_BANDWIDTH")
                 .map(|v| parse("STREAM_MANAGER_EXPORTER_MAX_BANDWIDTH", Some(v), 0u64))
                 .transpose()?,
@@ -136,8 +171,10 @@ impl Config {
             max_read_bytes: parse(
                 "WEIR_MAX_READ_BYTES",
                 get("WEIR_MAX_READ_BYTES"),
-                32usize << 20,
+                DEFAULT_MAX_READ_BYTES,
             )?
+            // Room for the answer's own keys, request id and stream name
+            // below the protocol's frame limit, which clients enforce.
             .clamp(1, MAX_FRAME_LEN - 64 * 1024),
             sync_interval: std::time::Duration::from_millis(
                 parse(
@@ -147,12 +184,83 @@ impl Config {
                 )?
                 .max(1),
             ),
+            limits,
         })
     }
 
     pub fn from_env() -> Result<Config, ConfigError> {
         Self::from_lookup(|name| std::env::var(name).ok())
     }
+}
+
+/// A count that must be at least 1.
+fn positive(name: &'static str, value: usize) -> Result<usize, ConfigError> {
+    if value == 0 {
+        return Err(ConfigError {
+            name,
+            value: value.to_string(),
+            reason: "must be at least 1".into(),
+        });
+    }
+    Ok(value)
+}
+
+/// The `WEIR_` limits of [`ServerLimits`]; defaults from
+/// [`ServerLimits::default`], which says why each is what it is.
+fn server_limits(
+    get: &impl Fn(&str) -> Option<String>,
+    max_frame_len: usize,
+) -> Result<ServerLimits, ConfigError> {
+    let d = ServerLimits::default();
+    let count = |name: &'static str, default: usize| -> Result<usize, ConfigError> {
+        let value = match get(name) {
+            None => default,
+            Some(v) => v
+                .parse()
+                .map_err(|e: std::num::ParseIntError| ConfigError {
+                    name,
+                    reason: e.to_string(),
+                    value: v,
+                })?,
+        };
+        positive(name, value)
+    };
+    let millis = |name: &'static str, default: Duration| -> Result<Duration, ConfigError> {
+        match get(name) {
+            None => Ok(default),
+            Some(v) => v
+                .parse::<u64>()
+                .map(Duration::from_millis)
+                .map_err(|e| ConfigError {
+                    name,
+                    reason: e.to_string(),
+                    value: v,
+                }),
+        }
+    };
+    let limits = ServerLimits {
+        max_handshaking: count("WEIR_MAX_HANDSHAKING", d.max_handshaking)?,
+        handshake_timeout: millis("WEIR_HANDSHAKE_TIMEOUT_MS", d.handshake_timeout)?,
+        shutdown_timeout: millis("WEIR_SHUTDOWN_TIMEOUT_MS", d.shutdown_timeout)?,
+        max_receiving_bytes: count("WEIR_MAX_RECEIVING_BYTES", d.max_receiving_bytes)?,
+        max_queued_bytes: count("WEIR_MAX_QUEUED_BYTES", d.max_queued_bytes)?,
+        max_in_flight: count("WEIR_MAX_IN_FLIGHT", d.max_in_flight)?,
+        max_long_polls_per_connection: count(
+            "WEIR_MAX_LONG_POLLS_PER_CONNECTION",
+            d.max_long_polls_per_connection,
+        )?,
+        max_long_polls: count("WEIR_MAX_LONG_POLLS", d.max_long_polls)?,
+    };
+    // A frame is received against the budget: one larger than all of it
+    // could never complete.
+    if limits.max_receiving_bytes < max_frame_len {
+        return Err(ConfigError {
+            name: "WEIR_MAX_RECEIVING_BYTES",
+            value: limits.max_receiving_bytes.to_string(),
+            reason: format!("must be at least WEIR_MAX_FRAME_BYTES ({max_frame_len})"),
+        });
+    }
+    Ok(limits)
 }
 
 #[cfg(test)]
@@ -200,5 +308,41 @@ mod tests {
         );
         assert!(config(&[("STREAM_MANAGER_AUTHENTICATE_CLIENT", "yes")]).is_err());
         assert!(config(&[("WEIR_MAX_FRAME_BYTES", "10")]).is_err());
+    }
+
+    #[test]
+    fn limits_are_parsed_or_refused_by_name() {
+        let c = config(&[
+            ("WEIR_SHUTDOWN_TIMEOUT_MS", "250"),
+            ("WEIR_MAX_HANDSHAKING", "3"),
+            ("WEIR_MAX_CONNECTIONS", "7"),
+        ])
+        .unwrap();
+        assert_eq!(c.limits.shutdown_timeout, Duration::from_millis(250));
+        assert_eq!((c.limits.max_handshaking, c.max_connections), (3, 7));
+        for name in [
+            "WEIR_SHUTDOWN_TIMEOUT_MS",
+            "WEIR_HANDSHAKE_TIMEOUT_MS",
+            "WEIR_MAX_HANDSHAKING",
+            "WEIR_MAX_RECEIVING_BYTES",
+            "WEIR_MAX_QUEUED_BYTES",
+            "WEIR_MAX_IN_FLIGHT",
+            "WEIR_MAX_LONG_POLLS_PER_CONNECTION",
+            "WEIR_MAX_LONG_POLLS",
+            "WEIR_MAX_CONNECTIONS",
+        ] {
+            assert_eq!(config(&[(name, "many")]).unwrap_err().name, name);
+        }
+        assert_eq!(
+            config(&[("WEIR_MAX_IN_FLIGHT", "0")]).unwrap_err().name,
+            "WEIR_MAX_IN_FLIGHT"
+        );
+        assert_eq!(
+            config(&[("WEIR_MAX_RECEIVING_BYTES", "1000")])
+                .unwrap_err()
+                .name,
+            "WEIR_MAX_RECEIVING_BYTES",
+            "a budget below the frame limit"
+        );
     }
 }

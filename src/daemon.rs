@@ -29,6 +29,15 @@ pub enum DaemonError {
     Auth(#[from] AuthError),
     #[error("cannot open the store in {path}: {source}")]
     Store { path: String, source: StorageError },
+    #[error(
+        "the store folder {path} is in use by another weir (process {holder}); one weir per store"
+    )]
+    StoreInUse { path: String, holder: String },
+    #[error("cannot lock the store folder {path}: {source}")]
+    Lock {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -52,6 +61,9 @@ pub async fn run(
         path: config.store_root.display().to_string(),
         source,
     })?;
+    // Before anything reads the store: two weirs writing one folder would
+    // each overwrite the other's segments.
+    let _lock = StoreLock::acquire(&config.store_root)?;
     let auth = if config.authenticate_client {
         let (path, default) = match &config.auth_token_file {
             Some(path) => (path.clone(), false),
@@ -100,11 +112,12 @@ pub async fn run(
         config.sync_interval,
         shutdown.clone(),
     ));
-    let ctx = Arc::new(ServerContext::new(
+    let ctx = Arc::new(ServerContext::with_limits(
         Arc::new(StoreHandler(Arc::clone(&store))),
         auth,
         config.max_frame_len,
         server_version(),
+        config.limits.clone(),
     ));
     server::run(listener, ctx, config.max_connections, shutdown).await;
     for (task, what) in [(sweeper, "retention"), (syncer, "sync")] {
@@ -116,6 +129,54 @@ pub async fn run(
     store.sync_all().await;
     tracing::info!("weir stopped");
     Ok(())
+}
+
+/// The lock file of a store folder, held (an OS file lock) for the life of
+/// the process that owns the store; it holds that process's id for the
+/// message the next one gets. The OS releases the lock when the process
+/// ends, however it ends, so a stale file never blocks a start.
+struct StoreLock {
+    _file: std::fs::File,
+}
+
+impl StoreLock {
+    const FILE: &'static str = "weir.lock";
+
+    fn acquire(root: &std::path::Path) -> Result<StoreLock, DaemonError> {
+        use std::io::{Read, Seek, Write};
+        let path = root.join(Self::FILE);
+        let lock_error = |source| DaemonError::Lock {
+            path: path.display().to_string(),
+            source,
+        };
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(lock_error)?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let mut holder = String::new();
+                // The holder's id is for the message only: if it cannot
+                // be read, the refusal stands without it.
+                if file.read_to_string(&mut holder).is_err() || holder.trim().is_empty() {
+                    holder = "unknown".into();
+                }
+                return Err(DaemonError::StoreInUse {
+                    path: root.display().to_string(),
+                    holder: holder.trim().to_owned(),
+                });
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(lock_error(e)),
+        }
+        file.set_len(0).map_err(lock_error)?;
+        file.rewind().map_err(lock_error)?;
+        writeln!(file, "{}", std::process::id()).map_err(lock_error)?;
+        Ok(StoreLock { _file: file })
+    }
 }
 
 /// Bounds what a power cut can take from streams without `flushOnWrite`:

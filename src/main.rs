@@ -52,9 +52,13 @@ fn serve() -> std::process::ExitCode {
         .enable_all()
         .build()
         .expect("cannot start the tokio runtime");
-    runtime.block_on(async {
+    let deadline = config.limits.shutdown_timeout;
+    let code = runtime.block_on(async {
         let shutdown = CancellationToken::new();
-        tokio::spawn(stop_on_signal(shutdown.clone()));
+        // Handlers are installed before weir says it is listening, so a
+        // SIGTERM right after that line is a clean stop, not a kill.
+        let signals = install_signal_handlers();
+        tokio::spawn(stop_on_signal(signals, shutdown.clone()));
         match weir::daemon::run(config, shutdown, |_| {}).await {
             Ok(()) => std::process::ExitCode::SUCCESS,
             Err(e) => {
@@ -62,7 +66,12 @@ fn serve() -> std::process::ExitCode {
                 std::process::ExitCode::FAILURE
             }
         }
-    })
+    });
+    // Every stream is synced by now; a stream operation still running on a
+    // blocking thread (a connection closed at the deadline) gets as long
+    // again, not forever: dropping the runtime would wait for it.
+    runtime.shutdown_timeout(deadline);
+    code
 }
 
 fn init_logging(level: &str) {
@@ -80,14 +89,26 @@ fn init_logging(level: &str) {
         .init();
 }
 
-/// SIGTERM or SIGINT starts a clean shutdown; a second one exits at once.
-async fn stop_on_signal(shutdown: CancellationToken) {
+type Signals = Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>;
+
+/// SIGTERM and SIGINT, caught from now on.
+fn install_signal_handlers() -> Signals {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
+    match (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers");
+    ) {
+        (Ok(term), Ok(int)) => Some((term, int)),
+        _ => {
+            tracing::error!("cannot install signal handlers");
+            None
+        }
+    }
+}
+
+/// SIGTERM or SIGINT starts a clean shutdown; a second one exits at once.
+async fn stop_on_signal(signals: Signals, shutdown: CancellationToken) {
+    let Some((mut term, mut int)) = signals else {
         return;
     };
     for round in 0..2 {

@@ -7,14 +7,25 @@
 //! one call and confirmed together. A request that has to wait (a
 //! long-polling read, a `flushOnWrite` append waiting for its sync) is
 //! answered by one task per batch, so it never holds up the requests behind
-//! it (PROTOCOL.md 7.2). All answers go through one writer task, which writes
-//! whole frames, coalescing those that are ready, and never splits one
-//! (PROTOCOL.md 3.3).
+//! it (PROTOCOL.md 7.2). A request whose work runs off the protocol thread
+//! (create, delete, update: [`Handled::InOrder`]) ends its batch, and the
+//! connection waits for it before carrying out the next one. All answers go
+//! through one writer task, which writes whole frames, coalescing those that
+//! are ready, and never splits one (PROTOCOL.md 3.3).
+//!
+//! Memory is bounded by bytes ([`super::ServerLimits`]): answers waiting for
+//! the writer hold budget from the connection's queue budget, and a batch
+//! stops carrying out requests once its answers reach `BATCH_ANSWER_BYTES`;
+//! when the budget is spent the connection stops reading requests until the
+//! client reads. Requests waiting to be answered take room in flight; when
+//! there is none, the connection stops reading too. Long-polls past their
+//! limits are answered at once. Each limit a connection reaches is logged
+//! once for it.
 
-use super::codec::{CodecError, FrameCodec};
-use super::dispatch::Handled;
-use super::ServerContext;
-use crate::protocol::RawFrame;
+use super::codec::{request_id_in_head, CodecError, FrameReader, Received};
+use super::dispatch::{Handled, Pending};
+use super::{HandshakeSlot, ServerContext};
+use crate::protocol::status::Operation;
 use crate::protocol::{
     ConnectRequest, ConnectResponse, DecodeError, Failure, ProtocolVersion, Reply, ReplyBody,
     Request, StatusCode, CONNECT_VERSION,
@@ -22,26 +33,32 @@ use crate::protocol::{
 use bytes::{Bytes, BytesMut};
 use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, StreamExt};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
-use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 use tracing::Instrument;
 
-/// Clients send their Connect frame right after connecting; one that has
-/// not within this time is dropped, so it cannot hold a connection slot.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
-/// Answers queued for the writer before reading more requests pauses.
-const WRITE_QUEUE: usize = 256;
+/// Largest Connect frame: a request id, versions and a token. Sockets in
+/// their handshake never take from the server's receive budget.
+const MAX_CONNECT_FRAME: usize = 16 * 1024;
 /// Ready answers are merged into one write up to this size.
 const COALESCE_LIMIT: usize = 64 * 1024;
+/// A batch stops carrying out requests once its answers take this much, so
+/// that a run of pipelined reads is answered as it goes, within the queue
+/// budget, rather than all built first.
+const BATCH_ANSWER_BYTES: usize = 1 << 20;
+/// Requests carried out before their answers go out together.
+const MAX_BATCH: usize = 256;
 
-type Frames = FramedRead<OwnedReadHalf, FrameCodec>;
+type Frames = FrameReader<OwnedReadHalf>;
 
 #[derive(Debug, thiserror::Error)]
 enum ConnectionError {
@@ -49,6 +66,8 @@ enum ConnectionError {
     Refused(String),
     #[error("no handshake within {0:?}")]
     HandshakeTimeout(Duration),
+    #[error("closed in its handshake to make room for a newer socket")]
+    Evicted,
     #[error(transparent)]
     Codec(#[from] CodecError),
     #[error(transparent)]
@@ -59,7 +78,17 @@ enum ConnectionError {
     WriterGone,
 }
 
-pub async fn serve(socket: TcpStream, ctx: Arc<ServerContext>, shutdown: CancellationToken) {
+/// Serves one socket until the client leaves, `shutdown` (after the
+/// requests in progress are answered) or `abort` (at once: the shutdown
+/// deadline).
+pub async fn serve(
+    socket: TcpStream,
+    ctx: Arc<ServerContext>,
+    slot: HandshakeSlot,
+    connections: Arc<Semaphore>,
+    shutdown: CancellationToken,
+    abort: CancellationToken,
+) {
     let client = ctx.next_client_identifier();
     let peer = socket
         .peer_addr()
@@ -67,9 +96,17 @@ pub async fn serve(socket: TcpStream, ctx: Arc<ServerContext>, shutdown: Cancell
         .unwrap_or_default();
     let span = tracing::info_span!("connection", %client, %peer);
     async move {
-        match serve_client(socket, &ctx, client, shutdown).await {
-            Ok(()) => tracing::debug!("closed"),
-            Err(e) => tracing::info!(error = %e, "connection closed"),
+        tokio::select! {
+            outcome = serve_client(socket, &ctx, client, slot, connections, shutdown) => match outcome {
+                Ok(()) => tracing::debug!("closed"),
+                // Sockets that never handshake come by the thousand in an
+                // attack; the server logs their run once.
+                Err(e @ (ConnectionError::Evicted | ConnectionError::HandshakeTimeout(_))) => {
+                    tracing::debug!(error = %e, "connection closed")
+                }
+                Err(e) => tracing::info!(error = %e, "connection closed"),
+            },
+            () = abort.cancelled() => tracing::info!("closed at the shutdown deadline"),
         }
     }
     .instrument(span)
@@ -80,39 +117,48 @@ async fn serve_client(
     socket: TcpStream,
     ctx: &Arc<ServerContext>,
     client: String,
+    slot: HandshakeSlot,
+    connections: Arc<Semaphore>,
     shutdown: CancellationToken,
 ) -> Result<(), ConnectionError> {
     // Clients (Java explicitly) want answers without Nagle delays.
     socket.set_nodelay(true)?;
     let (reader, mut writer) = socket.into_split();
+    let timeout = ctx.limits.handshake_timeout;
     let handshake = tokio::time::timeout(
-        HANDSHAKE_TIMEOUT,
-        handshake(reader, &mut writer, ctx, client),
+        timeout,
+        handshake(reader, &mut writer, ctx, client, connections),
     );
     let outcome = tokio::select! {
-        result = handshake => result.map_err(|_| ConnectionError::HandshakeTimeout(HANDSHAKE_TIMEOUT))?,
+        result = handshake => result.map_err(|_| ConnectionError::HandshakeTimeout(timeout))?,
+        () = slot.evicted() => return Err(ConnectionError::Evicted),
         () = shutdown.cancelled() => return Ok(()),
     };
-    let (version, frames) = match outcome {
+    drop(slot);
+    let (version, mut frames, _connection) = match outcome {
         Ok(accepted) => accepted,
         Err(e) => {
             writer.shutdown().await.ok();
             return Err(e);
         }
     };
+    frames.set_max_frame_len(ctx.max_frame_len);
     tracing::debug!(protocol = version.as_str(), "connected");
     session(frames, writer, ctx, version, shutdown).await
 }
 
 /// Reads `01` + Connect, answers `01` + ConnectResponse. Returns the
-/// negotiated version and the frame reader, which may already hold requests
-/// the client sent right behind its Connect.
+/// negotiated version, the frame reader, which may already hold requests
+/// the client sent right behind its Connect, and the connection's place
+/// among those served (taken only once the client is known: sockets in
+/// their handshake have their own cap).
 async fn handshake(
     mut reader: OwnedReadHalf,
     writer: &mut OwnedWriteHalf,
     ctx: &ServerContext,
     client: String,
-) -> Result<(ProtocolVersion, Frames), ConnectionError> {
+    connections: Arc<Semaphore>,
+) -> Result<(ProtocolVersion, Frames, OwnedSemaphorePermit), ConnectionError> {
     let refuse = |request_id: Option<String>, status: StatusCode, message: String| {
         ConnectResponse::refusal(request_id, status, message, &ctx.server_version)
     };
@@ -130,9 +176,15 @@ async fn handshake(
         .await?;
         return Err(ConnectionError::Refused(message));
     }
-    let mut frames = FramedRead::new(reader, FrameCodec::new(ctx.max_frame_len));
+    let mut frames = FrameReader::new(reader, MAX_CONNECT_FRAME, Arc::clone(&ctx.receiving));
     let frame = match frames.next().await {
-        Some(frame) => frame?,
+        Some(Ok(Received::Frame(frame))) => frame,
+        Some(Ok(Received::TooLarge { len, .. })) => {
+            return Err(ConnectionError::Protocol(format!(
+                "a Connect frame of {len} bytes"
+            )))
+        }
+        Some(Err(e)) => return Err(e.into()),
         None => {
             return Err(ConnectionError::Protocol(
                 "closed before the Connect frame".into(),
@@ -171,6 +223,21 @@ async fn handshake(
         .await?;
         return Err(ConnectionError::Refused(message));
     }
+    let Ok(connection) = connections.try_acquire_owned() else {
+        // The connections filled up while this one was in its handshake.
+        let message = "weir serves as many connections as it allows; try again later".to_owned();
+        tracing::warn!("{message}");
+        send_connect_response(
+            writer,
+            &refuse(
+                request.request_id,
+                StatusCode::UnknownFailure,
+                message.clone(),
+            ),
+        )
+        .await?;
+        return Err(ConnectionError::Refused(message));
+    };
     tracing::debug!(
         sdk = request.sdk_version.as_deref().unwrap_or("?"),
         "handshake"
@@ -184,7 +251,7 @@ async fn handshake(
         client_identifier: Some(client),
     };
     send_connect_response(writer, &accepted).await?;
-    Ok((version, frames))
+    Ok((version, frames, connection))
 }
 
 async fn send_connect_response(
@@ -196,6 +263,69 @@ async fn send_connect_response(
     writer.write_all(&buf).await
 }
 
+/// An answer frame on its way to the socket, holding its share of the
+/// connection's queue budget until it is written.
+struct Queued {
+    frame: Bytes,
+    _budget: OwnedSemaphorePermit,
+}
+
+/// Hands answers to the writer task, bounded by bytes.
+#[derive(Clone)]
+struct Answers {
+    queue: mpsc::UnboundedSender<Queued>,
+    budget: Arc<Semaphore>,
+    max: usize,
+    /// Set once the client first lets its answers pile up (logged once).
+    full: Arc<AtomicBool>,
+}
+
+impl Answers {
+    /// Queues `frame`, first waiting while the answers already queued take
+    /// the budget: the caller (the request loop) stops reading meanwhile. A
+    /// frame larger than the whole budget waits for all of it.
+    async fn send(&self, frame: Bytes) -> Result<(), ConnectionError> {
+        let share = u32::try_from(frame.len().min(self.max)).unwrap_or(u32::MAX);
+        let budget = match Arc::clone(&self.budget).try_acquire_many_owned(share) {
+            Ok(budget) => budget,
+            Err(_) => {
+                if !self.full.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        limit = self.max,
+                        "answers wait for the client to read them: its requests stop being read meanwhile"
+                    );
+                }
+                Arc::clone(&self.budget)
+                    .acquire_many_owned(share)
+                    .await
+                    .map_err(|_| ConnectionError::WriterGone)?
+            }
+        };
+        self.queue
+            .send(Queued {
+                frame,
+                _budget: budget,
+            })
+            .map_err(|_| ConnectionError::WriterGone)
+    }
+}
+
+/// What a batch has to send, in arrival order.
+enum Ready {
+    Frame(Bytes),
+    /// An append's answer, which first confirms its write (the first one
+    /// writes all the batch's appends to its stream).
+    Confirm(Box<dyn FnOnce() -> Reply + Send>),
+}
+
+/// Logs each limit once for the connection.
+#[derive(Default)]
+struct Noted {
+    in_flight: bool,
+    long_polls: bool,
+    too_large: bool,
+}
+
 /// The request loop after a successful handshake.
 async fn session(
     mut frames: Frames,
@@ -204,63 +334,138 @@ async fn session(
     version: ProtocolVersion,
     shutdown: CancellationToken,
 ) -> Result<(), ConnectionError> {
-    let (answers, queue) = mpsc::channel::<Bytes>(WRITE_QUEUE);
-    let write_task = tokio::spawn(write_answers(writer, queue));
-    let mut waiting = JoinSet::new();
+    let limits = &ctx.limits;
+    // The budget is counted in u32 permits per frame; a larger setting
+    // would only matter for answers no client can take anyway.
+    let max_queued = limits.max_queued_bytes.min(u32::MAX as usize);
+    let (queue, queued) = mpsc::unbounded_channel();
+    let answers = Answers {
+        queue,
+        budget: Arc::new(Semaphore::new(max_queued)),
+        max: max_queued,
+        full: Arc::new(AtomicBool::new(false)),
+    };
+    // Aborted if this future is dropped (the shutdown deadline), so a writer
+    // blocked on a client that does not read goes with it.
+    let write_task = AbortOnDropHandle::new(tokio::spawn(write_answers(writer, queued)));
+    // Room for requests waiting to be answered.
+    let in_flight = Arc::new(Semaphore::new(limits.max_in_flight));
+    let polls_here = Arc::new(Semaphore::new(limits.max_long_polls_per_connection));
+    let mut noted = Noted::default();
+    // Answered even at shutdown (a flushOnWrite append waiting for its
+    // sync); long-polls are dropped then.
+    let mut durable = JoinSet::new();
+    let mut polls = JoinSet::new();
+    // Received, not carried out yet (a batch ends early when its answers
+    // are large or an in-order request comes).
+    let mut received: VecDeque<Received> = VecDeque::new();
+    let mut end: Option<Result<(), ConnectionError>> = None;
     let outcome = loop {
-        let first = tokio::select! {
-            frame = frames.next() => frame,
-            Some(_) = waiting.join_next(), if !waiting.is_empty() => continue,
-            () = shutdown.cancelled() => break Ok(()),
-        };
-        let first = match first {
-            None => break Ok(()),
-            Some(Err(e)) => break Err(e.into()),
-            Some(Ok(frame)) => frame,
-        };
+        if received.is_empty() {
+            if let Some(end) = end.take() {
+                break end;
+            }
+            let room = in_flight.available_permits();
+            if room == 0 && !noted.in_flight {
+                noted.in_flight = true;
+                tracing::warn!(
+                    limit = limits.max_in_flight,
+                    "requests in flight at the limit: reading paused until some are answered"
+                );
+            }
+            let first = tokio::select! {
+                frame = frames.next(), if room > 0 => frame,
+                // A waiting request was answered: there is room again.
+                _ = in_flight.acquire(), if room == 0 => continue,
+                Some(_) = durable.join_next(), if !durable.is_empty() => continue,
+                Some(_) = polls.join_next(), if !polls.is_empty() => continue,
+                () = shutdown.cancelled() => break Ok(()),
+            };
+            match first {
+                None => break Ok(()),
+                Some(Err(e)) => break Err(e.into()),
+                Some(Ok(frame)) => received.push_back(frame),
+            }
+        }
         // Every request already received is carried out before any answer
         // is sent, so appends that arrived together are written together.
-        let mut batch = vec![first];
-        let mut end: Option<Result<(), ConnectionError>> = None;
-        while batch.len() < MAX_BATCH {
+        // Each may come to wait, so the batch never exceeds the room in
+        // flight.
+        let room = in_flight.available_permits().clamp(1, MAX_BATCH);
+        while end.is_none() && received.len() < room {
             match frames.next().now_or_never() {
-                Some(Some(Ok(frame))) => batch.push(frame),
-                Some(Some(Err(e))) => {
-                    end = Some(Err(e.into()));
-                    break;
-                }
-                Some(None) => {
-                    end = Some(Ok(()));
-                    break;
-                }
+                Some(Some(Ok(frame))) => received.push_back(frame),
+                Some(Some(Err(e))) => end = Some(Err(e.into())),
+                Some(None) => end = Some(Ok(())),
                 None => break,
             }
         }
-        let mut answered = Vec::with_capacity(batch.len());
+        let mut ready = Vec::with_capacity(received.len());
+        let mut ready_bytes = 0;
         let mut later = Vec::new();
-        for frame in batch {
-            match carry_out(frame, ctx, version) {
-                Ok(Step::Answer(answer)) => answered.push(answer),
+        let mut waiting = Vec::new();
+        let mut in_order = None;
+        while let Some(frame) = received.pop_front() {
+            match carry_out(frame, ctx, version, &mut noted) {
+                Ok(Step::Now(reply)) => {
+                    let frame = reply.frame(version);
+                    ready_bytes += frame.len();
+                    ready.push(Ready::Frame(frame));
+                }
+                Ok(Step::AtBatchEnd(confirm)) => ready.push(Ready::Confirm(confirm)),
                 Ok(Step::Later(pending)) => later.push(pending),
+                Ok(Step::LongPoll { wait, give_up }) => {
+                    let here = Arc::clone(&polls_here).try_acquire_owned();
+                    let server = Arc::clone(&ctx.long_polls).try_acquire_owned();
+                    match (here, server) {
+                        (Ok(here), Ok(server)) => {
+                            waiting.push(Box::pin(async move {
+                                let _held = (here, server);
+                                wait.await
+                            }) as Pending);
+                        }
+                        (here, _) => {
+                            if !noted.long_polls {
+                                noted.long_polls = true;
+                                let whose = if here.is_err() {
+                                    "this connection's"
+                                } else {
+                                    "the server's"
+                                };
+                                tracing::warn!(
+                                    "{whose} limit of waiting reads is reached: more reads are answered at once"
+                                );
+                            }
+                            let frame = give_up().frame(version);
+                            ready_bytes += frame.len();
+                            ready.push(Ready::Frame(frame));
+                        }
+                    }
+                }
+                Ok(Step::InOrder(pending)) => {
+                    in_order = Some(pending);
+                    break;
+                }
                 Ok(Step::Nothing) => {}
                 Err(e) => {
+                    received.clear();
                     end = Some(Err(e));
                     break;
                 }
             }
+            if ready_bytes >= BATCH_ANSWER_BYTES {
+                break;
+            }
         }
-        // In arrival order; an append's answer first confirms its write (the
-        // first one writes all the batch's appends to its stream).
-        // Small answers are merged into one buffer; a large one goes on its
-        // own rather than being copied again.
+        // In arrival order. Small answers are merged into one buffer; a
+        // large one goes on its own rather than being copied again.
         let mut out = BytesMut::new();
         let mut sent = Ok(());
-        for answer in answered {
-            let reply = match answer {
-                Answer::Now(reply) => reply,
-                Answer::AtBatchEnd(confirm) => confirm(),
+        for answer in ready {
+            let frame = match answer {
+                Ready::Frame(frame) => frame,
+                Ready::Confirm(confirm) => confirm().frame(version),
             };
-            let frame = reply.frame(version);
             if frame.len() < COALESCE_LIMIT {
                 out.extend_from_slice(&frame);
                 continue;
@@ -273,21 +478,41 @@ async fn session(
         if !out.is_empty() {
             sent = sent.and(answers.send(out.freeze()).await);
         }
-        if sent.is_err() {
-            break Err(ConnectionError::WriterGone);
+        if let Err(e) = sent {
+            break Err(e);
         }
+        // One task for the batch's waiting requests of each kind, not one
+        // each: a wave of flushOnWrite appends is released by one sync.
         if !later.is_empty() {
-            // One task for the batch's waiting requests, not one each: a
-            // wave of flushOnWrite appends is released by one sync.
-            waiting.spawn(answer_when_ready(later, answers.clone(), version));
+            durable.spawn(answer_when_ready(
+                InFlight::take(Arc::clone(&in_flight), later.len()),
+                later,
+                answers.clone(),
+                version,
+            ));
         }
-        if let Some(end) = end {
-            break end;
+        if !waiting.is_empty() {
+            polls.spawn(answer_when_ready(
+                InFlight::take(Arc::clone(&in_flight), waiting.len()),
+                waiting,
+                answers.clone(),
+                version,
+            ));
+        }
+        if let Some(pending) = in_order {
+            // Nothing behind it is carried out before it completes; the
+            // protocol thread serves other connections meanwhile.
+            let reply = pending.await;
+            if let Err(e) = answers.send(reply.frame(version)).await {
+                break Err(e);
+            }
         }
     };
     // The client is gone or we are stopping: waiting reads have no one to
-    // answer. Answers already queued are still written before the close.
-    waiting.shutdown().await;
+    // answer (or no time); appends waiting for their sync are answered.
+    // Answers already queued are still written before the close.
+    polls.shutdown().await;
+    while durable.join_next().await.is_some() {}
     drop(answers);
     match write_task.await {
         Ok(Ok(())) => outcome,
@@ -298,33 +523,40 @@ async fn session(
     }
 }
 
-/// Requests carried out before their answers go out together.
-const MAX_BATCH: usize = 256;
-
-enum Answer {
+enum Step {
     Now(Reply),
     AtBatchEnd(Box<dyn FnOnce() -> Reply + Send>),
-}
-
-enum Step {
-    Answer(Answer),
     Later(Pending),
+    LongPoll {
+        wait: Pending,
+        give_up: Box<dyn FnOnce() -> Reply + Send>,
+    },
+    InOrder(Pending),
     /// A request that gets no answer (unknown op from a 1.0.0 client).
     Nothing,
 }
 
 /// Decodes and carries out one request frame.
 fn carry_out(
-    frame: RawFrame,
+    received: Received,
     ctx: &ServerContext,
     version: ProtocolVersion,
+    noted: &mut Noted,
 ) -> Result<Step, ConnectionError> {
+    let frame = match received {
+        Received::Frame(frame) => frame,
+        Received::TooLarge { op, head, len } => {
+            return too_large(op, &head, len, ctx.max_frame_len, noted).map(Step::Now)
+        }
+    };
     let reply = match Request::decode(frame.op, &frame.payload) {
         Ok(request) => {
             return Ok(match ctx.handler.handle(request) {
-                Handled::Now(reply) => Step::Answer(Answer::Now(reply)),
-                Handled::AtBatchEnd(confirm) => Step::Answer(Answer::AtBatchEnd(confirm)),
+                Handled::Now(reply) => Step::Now(reply),
+                Handled::AtBatchEnd(confirm) => Step::AtBatchEnd(confirm),
                 Handled::Later(pending) => Step::Later(pending),
+                Handled::LongPoll { wait, give_up } => Step::LongPoll { wait, give_up },
+                Handled::InOrder(pending) => Step::InOrder(pending),
             })
         }
         Err(DecodeError::Unanswerable { op, reason }) => {
@@ -354,24 +586,65 @@ fn carry_out(
             },
         },
     };
-    Ok(Step::Answer(Answer::Now(reply)))
+    Ok(Step::Now(reply))
 }
 
-type Pending = std::pin::Pin<Box<dyn std::future::Future<Output = Reply> + Send>>;
+/// The answer to a request frame above the limit: `RequestPayloadTooLarge`
+/// on its operation's response, if its request id was in the bytes kept;
+/// otherwise there is no one to answer and the connection ends.
+fn too_large(
+    op: u8,
+    head: &[u8],
+    len: usize,
+    max: usize,
+    noted: &mut Noted,
+) -> Result<Reply, ConnectionError> {
+    let message = format!(
+        "a request of {len} bytes is larger than this server accepts ({max} bytes, WEIR_MAX_FRAME_BYTES)"
+    );
+    let (Some(response), Some(request_id)) = (Operation::response_to(op), request_id_in_head(head))
+    else {
+        return Err(ConnectionError::Protocol(format!(
+            "op {op}: {message}, and no request id to answer it"
+        )));
+    };
+    if !noted.too_large {
+        noted.too_large = true;
+        tracing::warn!(op, "{message}: answered RequestPayloadTooLarge");
+    }
+    Ok(Reply {
+        request_id,
+        body: ReplyBody::Rejected {
+            op: response,
+            failure: Failure::new(StatusCode::RequestPayloadTooLarge, message),
+        },
+    })
+}
 
-/// Answers each waiting request as it completes; those completing together
-/// go out in one write.
+/// Answers each waiting request as it completes (`counted` in flight until
+/// then); those completing together
+/// go out in one write (up to [`BATCH_ANSWER_BYTES`], so the queue budget
+/// bounds what is built ahead of the client).
 async fn answer_when_ready(
+    counted: InFlight,
     later: Vec<Pending>,
-    answers: mpsc::Sender<Bytes>,
+    answers: Answers,
     version: ProtocolVersion,
 ) {
     let mut pending: FuturesUnordered<Pending> = later.into_iter().collect();
     while let Some(reply) = pending.next().await {
         let mut out = BytesMut::from(&reply.frame(version)[..]);
-        while let Some(Some(reply)) = pending.next().now_or_never() {
-            out.extend_from_slice(&reply.frame(version));
+        let mut done = 1;
+        while out.len() < BATCH_ANSWER_BYTES {
+            match pending.next().now_or_never() {
+                Some(Some(reply)) => {
+                    out.extend_from_slice(&reply.frame(version));
+                    done += 1;
+                }
+                _ => break,
+            }
         }
+        counted.finish(done);
         // If the writer is gone the client is too; the answers have
         // nowhere to go.
         if answers.send(out.freeze()).await.is_err() {
@@ -381,28 +654,72 @@ async fn answer_when_ready(
     }
 }
 
+/// The room in flight that one task's requests take, given back as they
+/// are answered (a batch of answers at a time: this is the path of every
+/// `flushOnWrite` append) and, for those never answered, when the task
+/// ends (dropped at shutdown).
+struct InFlight {
+    room: Arc<Semaphore>,
+    held: std::cell::Cell<usize>,
+}
+
+impl InFlight {
+    /// Takes room for `n` requests, or what is left (a batch carried over
+    /// from a full one may exceed it by a few).
+    fn take(room: Arc<Semaphore>, n: usize) -> InFlight {
+        let n = n.min(room.available_permits());
+        if let Ok(permits) = room.try_acquire_many(u32::try_from(n).unwrap_or(u32::MAX)) {
+            // Given back with add_permits, a batch at a time.
+            permits.forget();
+        }
+        InFlight {
+            room,
+            held: std::cell::Cell::new(n),
+        }
+    }
+
+    fn finish(&self, answered: usize) {
+        let given = answered.min(self.held.get());
+        self.held.set(self.held.get() - given);
+        self.room.add_permits(given);
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.room.add_permits(self.held.get());
+    }
+}
+
 /// Writes answers as whole frames; frames that are ready together go out in
 /// one write. Closes the socket (FIN) when the queue ends, because Node's
 /// `close()` only half-closes and waits for the server's FIN.
 async fn write_answers(
     mut writer: OwnedWriteHalf,
-    mut queue: mpsc::Receiver<Bytes>,
+    mut queue: mpsc::UnboundedReceiver<Queued>,
 ) -> std::io::Result<()> {
     let mut batch = BytesMut::new();
-    while let Some(frame) = queue.recv().await {
-        if frame.len() >= COALESCE_LIMIT {
-            writer.write_all(&frame).await?;
+    // Budget of the frames in `batch`, given back once they are written.
+    let mut written = Vec::new();
+    while let Some(queued) = queue.recv().await {
+        if queued.frame.len() >= COALESCE_LIMIT {
+            writer.write_all(&queued.frame).await?;
             continue;
         }
-        batch.extend_from_slice(&frame);
+        batch.extend_from_slice(&queued.frame);
+        written.push(queued);
         while batch.len() < COALESCE_LIMIT {
             match queue.try_recv() {
-                Ok(next) => batch.extend_from_slice(&next),
+                Ok(next) => {
+                    batch.extend_from_slice(&next.frame);
+                    written.push(next);
+                }
                 Err(_) => break,
             }
         }
         writer.write_all(&batch).await?;
         batch.clear();
+        written.clear();
     }
     writer.shutdown().await
 }

@@ -1,20 +1,41 @@
 //! Requests to the store, and store errors to wire statuses: the one place
 //! where a domain error becomes a status code.
 
+use crate::protocol::model::ReadMessagesOptions;
 use crate::protocol::{Failure, Reply, ReplyBody, Request, RequestBody, StatusCode};
 use crate::store::{Store, StoreError};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-/// How a request is answered: at once; once the connection has carried out
-/// the requests that arrived with it (an append, acknowledged after the
-/// batch's appends are written together); or by a future the connection runs
-/// beside its other requests (a long-polling read, a `flushOnWrite` append).
+/// An answer still to come.
+pub type Pending = Pin<Box<dyn Future<Output = Reply> + Send + 'static>>;
+
+/// How a request is answered.
 pub enum Handled {
+    /// At once.
     Now(Reply),
+    /// Once the connection has carried out the requests that arrived with it
+    /// (an append, acknowledged after the batch's appends are written
+    /// together).
     AtBatchEnd(Box<dyn FnOnce() -> Reply + Send + 'static>),
-    Later(Pin<Box<dyn Future<Output = Reply> + Send + 'static>>),
+    /// By a future the connection runs beside its other requests (a
+    /// `flushOnWrite` append waiting for its sync); finished at shutdown.
+    Later(Pending),
+    /// A read waiting for messages, run like [`Handled::Later`]. When the
+    /// connection or the server already has as many waiting as it allows,
+    /// `give_up` answers it at once instead: what the read gets now, as if
+    /// its `readTimeoutMillis` were 0 (an early answer is one clients
+    /// handle; a late one is not, PROTOCOL.md 7.3).
+    LongPoll {
+        wait: Pending,
+        give_up: Box<dyn FnOnce() -> Reply + Send + 'static>,
+    },
+    /// Work that may wait on the disk (creating, deleting or updating a
+    /// stream), run off the protocol thread. The connection carries out
+    /// nothing else it received until this completes, so its requests still
+    /// take effect in arrival order; other connections go on meanwhile.
+    InOrder(Pending),
 }
 
 /// The status and message a client sees for a store error.
@@ -45,9 +66,9 @@ fn answer<T>(result: Result<T, StoreError>) -> Result<T, Failure> {
 /// one; `weir bench null-server` plugs in one that stores nothing, so
 /// benchmarks compare storage with the same networking code.
 pub trait RequestHandler: Send + Sync + 'static {
-    /// Carries out one request. Everything except a read that has to wait
-    /// is done before this returns, so requests on one connection take
-    /// effect in the order they arrived.
+    /// Carries out one request, or says how it will be ([`Handled`]): all
+    /// of it takes effect before the connection's next request does, except
+    /// a read that has to wait.
     fn handle(&self, request: Request) -> Handled;
 }
 
@@ -69,11 +90,21 @@ fn handle(store: &Arc<Store>, request: Request) -> Handled {
         })
     };
     match request.body {
-        RequestBody::CreateMessageStream { definition } => now(ReplyBody::CreateMessageStream(
-            answer(store.create(definition)),
-        )),
+        RequestBody::CreateMessageStream { definition } => {
+            let store = Arc::clone(store);
+            off_thread(
+                request_id,
+                move || store.create(definition),
+                ReplyBody::CreateMessageStream,
+            )
+        }
         RequestBody::DeleteMessageStream { name } => {
-            now(ReplyBody::DeleteMessageStream(answer(store.delete(&name))))
+            let store = Arc::clone(store);
+            off_thread(
+                request_id,
+                move || store.delete(&name),
+                ReplyBody::DeleteMessageStream,
+            )
         }
         RequestBody::AppendMessage { name, payload } => match store.append(&name, payload) {
             Ok(appended) if appended.flush => {
@@ -110,25 +141,54 @@ fn handle(store: &Arc<Store>, request: Request) -> Handled {
         RequestBody::DescribeMessageStream { name } => now(ReplyBody::DescribeMessageStream(
             answer(store.describe(&name).map(Box::new)),
         )),
-        RequestBody::UpdateMessageStream { definition } => now(ReplyBody::UpdateMessageStream(
-            answer(store.update(definition)),
-        )),
+        RequestBody::UpdateMessageStream { definition } => {
+            let store = Arc::clone(store);
+            off_thread(
+                request_id,
+                move || store.update(definition),
+                ReplyBody::UpdateMessageStream,
+            )
+        }
         RequestBody::ReadMessages {
             stream_name,
             options,
         } => match store.try_read(&stream_name, &options) {
             Ok(None) => {
-                let store = Arc::clone(store);
-                Handled::Later(Box::pin(async move {
-                    let result = answer(store.read(&stream_name, options).await);
-                    Reply {
-                        request_id,
-                        body: ReplyBody::ReadMessages {
-                            stream_name,
-                            result,
-                        },
+                let now_options = ReadMessagesOptions {
+                    read_timeout_millis: 0,
+                    ..options
+                };
+                let give_up = {
+                    let store = Arc::clone(store);
+                    let request_id = request_id.clone();
+                    let stream_name = stream_name.clone();
+                    move || {
+                        let result = store
+                            .try_read(&stream_name, &now_options)
+                            .map(|messages| messages.expect("a read with timeout 0 never waits"));
+                        Reply {
+                            request_id,
+                            body: ReplyBody::ReadMessages {
+                                stream_name,
+                                result: answer(result),
+                            },
+                        }
                     }
-                }))
+                };
+                let store = Arc::clone(store);
+                Handled::LongPoll {
+                    wait: Box::pin(async move {
+                        let result = answer(store.read(&stream_name, options).await);
+                        Reply {
+                            request_id,
+                            body: ReplyBody::ReadMessages {
+                                stream_name,
+                                result,
+                            },
+                        }
+                    }),
+                    give_up: Box::new(give_up),
+                }
             }
             Ok(Some(messages)) => now(ReplyBody::ReadMessages {
                 stream_name,
@@ -140,4 +200,27 @@ fn handle(store: &Arc<Store>, request: Request) -> Handled {
             }),
         },
     }
+}
+
+/// Runs `work` on tokio's blocking pool: folder creation, definition writes
+/// and `remove_dir_all` wait on the disk, and the protocol thread serves
+/// every connection.
+fn off_thread(
+    request_id: String,
+    work: impl FnOnce() -> Result<(), StoreError> + Send + 'static,
+    body: fn(Result<(), Failure>) -> ReplyBody,
+) -> Handled {
+    Handled::InOrder(Box::pin(async move {
+        let result = match tokio::task::spawn_blocking(work).await {
+            Ok(result) => answer(result),
+            Err(join) => Err(Failure::new(
+                StatusCode::UnknownFailure,
+                format!("the operation failed inside weir: {join}"),
+            )),
+        };
+        Reply {
+            request_id,
+            body: body(result),
+        }
+    }))
 }
