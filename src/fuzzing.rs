@@ -9,7 +9,9 @@
 //! * [`frames`]: [`RawFrame::check`]/[`RawFrame::split_from`] over the whole
 //!   input and [`FrameCodec`] fed the same bytes in input-chosen chunks must
 //!   find the same frames and fail at the same point; each frame re-encodes
-//!   to the bytes it came from.
+//!   to the bytes it came from; the connections' [`FrameReader`] over the
+//!   same bytes finds them too, reads past frames above its limit, and gives
+//!   back every bit of receive budget it took.
 //! * [`request`]: [`Request::decode`] and [`ConnectRequest::decode`] of an
 //!   op byte and a payload; a decoded request, encoded again the way the
 //!   SDKs do, decodes to the same request.
@@ -23,7 +25,7 @@ use crate::protocol::cbor::Writer;
 use crate::protocol::frame::{RawFrame, HEADER_LEN};
 use crate::protocol::model::{MessageStreamDefinition, ReadMessagesOptions, StrategyOnFull};
 use crate::protocol::{ConnectRequest, FrameError, ProtocolVersion, Request, RequestBody};
-use crate::server::codec::{CodecError, FrameCodec};
+use crate::server::codec::{CodecError, FrameCodec, FrameReader, Received};
 use crate::store::fs::FileSystem;
 use crate::store::simfs::SimulatedFs;
 use crate::store::{Store, StoreError, StoreLimits};
@@ -99,6 +101,7 @@ pub fn frames(data: &[u8]) {
                 Ok(None) => break,
                 Err(CodecError::Frame(e)) => break 'feed Some(e),
                 Err(CodecError::Io(e)) => panic!("the decoder invented an I/O error: {e}"),
+                Err(CodecError::ClosedInFrame) => panic!("a decoder over a buffer saw a close"),
             }
         }
         // Room is reserved in steps, not from the declared length (which
@@ -119,6 +122,125 @@ pub fn frames(data: &[u8]) {
         expected_end.as_ref().map(FrameError::to_string),
         "chunked decoding fails where whole-buffer decoding does"
     );
+    connection_reader(wire, max_len, *chunk_seed);
+}
+
+/// What the connections' [`FrameReader`] must make of `wire`, read in
+/// chunks, then the end of the stream: every frame within `max_len`; one
+/// above it (within the protocol's limit) read past as `TooLarge` with the
+/// start of its payload; a length the protocol forbids as an error; a close
+/// inside a frame as `ClosedInFrame`.
+fn connection_reader(wire: &[u8], max_len: usize, chunk_seed: u8) {
+    #[derive(Debug, PartialEq)]
+    enum Seen {
+        Frame(RawFrame),
+        TooLarge { op: u8, head: Bytes, len: usize },
+        Forbidden,
+        ClosedInFrame,
+        End,
+    }
+    let protocol_max = crate::protocol::MAX_FRAME_LEN.max(max_len);
+    let mut expected = Vec::new();
+    let mut at = 0;
+    loop {
+        let rest = &wire[at..];
+        match RawFrame::declared_len(rest, protocol_max) {
+            Err(_) => {
+                expected.push(Seen::Forbidden);
+                break;
+            }
+            Ok(None) if rest.is_empty() => {
+                expected.push(Seen::End);
+                break;
+            }
+            Ok(None) => {
+                expected.push(Seen::ClosedInFrame);
+                break;
+            }
+            Ok(Some(len)) if rest.len() < HEADER_LEN + len => {
+                expected.push(Seen::ClosedInFrame);
+                break;
+            }
+            Ok(Some(len)) => {
+                let op = rest[HEADER_LEN];
+                let payload = &rest[HEADER_LEN + 1..HEADER_LEN + len];
+                expected.push(if len > max_len {
+                    Seen::TooLarge {
+                        op,
+                        head: Bytes::copy_from_slice(
+                            &payload[..payload.len().min(crate::server::codec::TOO_LARGE_HEAD)],
+                        ),
+                        len,
+                    }
+                } else {
+                    Seen::Frame(RawFrame {
+                        op,
+                        payload: Bytes::copy_from_slice(payload),
+                    })
+                });
+                at += HEADER_LEN + len;
+            }
+        }
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("a runtime");
+    let budget = Arc::new(tokio::sync::Semaphore::new(64 << 20));
+    let got = runtime.block_on(async {
+        let source = Chunked {
+            wire: wire.to_vec(),
+            at: 0,
+            state: u32::from(chunk_seed) | 1,
+        };
+        let mut reader = FrameReader::new(source, max_len, Arc::clone(&budget));
+        let mut got = Vec::new();
+        loop {
+            let seen = match reader.next().await {
+                Some(Ok(Received::Frame(frame))) => Seen::Frame(frame),
+                Some(Ok(Received::TooLarge { op, head, len })) => Seen::TooLarge { op, head, len },
+                Some(Err(CodecError::Frame(_))) => Seen::Forbidden,
+                Some(Err(CodecError::ClosedInFrame)) => Seen::ClosedInFrame,
+                Some(Err(CodecError::Io(e))) => panic!("the reader invented an I/O error: {e}"),
+                None => Seen::End,
+            };
+            let last = !matches!(seen, Seen::Frame(_) | Seen::TooLarge { .. });
+            got.push(seen);
+            if last {
+                break got;
+            }
+        }
+    });
+    assert_eq!(got, expected, "the connections' reader, fed in chunks");
+    assert_eq!(
+        budget.available_permits(),
+        64 << 20,
+        "the reader gives back all the receive budget it took"
+    );
+}
+
+/// An in-memory stream that hands out 1..=64 bytes per read (sizes from a
+/// small LCG).
+struct Chunked {
+    wire: Vec<u8>,
+    at: usize,
+    state: u32,
+}
+
+impl tokio::io::AsyncRead for Chunked {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        this.state = this.state.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+        let n = (1 + (this.state >> 16) as usize % 64)
+            .min(this.wire.len() - this.at)
+            .min(buf.remaining());
+        buf.put_slice(&this.wire[this.at..this.at + n]);
+        this.at += n;
+        std::task::Poll::Ready(Ok(()))
+    }
 }
 
 /// Requests: byte 0 is the op, the rest the payload.

@@ -3,7 +3,7 @@
 
 use crate::protocol::model::ReadMessagesOptions;
 use crate::protocol::{Failure, Reply, ReplyBody, Request, RequestBody, StatusCode};
-use crate::store::{Store, StoreError};
+use crate::store::{ReadNow, Store, StoreError};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -152,8 +152,8 @@ fn handle(store: &Arc<Store>, request: Request) -> Handled {
         RequestBody::ReadMessages {
             stream_name,
             options,
-        } => match store.try_read(&stream_name, &options) {
-            Ok(None) => {
+        } => match store.read_now(&stream_name, &options) {
+            Ok(ReadNow::Wait) => {
                 let now_options = ReadMessagesOptions {
                     read_timeout_millis: 0,
                     ..options
@@ -190,10 +190,24 @@ fn handle(store: &Arc<Store>, request: Request) -> Handled {
                     give_up: Box::new(give_up),
                 }
             }
-            Ok(Some(messages)) => now(ReplyBody::ReadMessages {
+            Ok(ReadNow::Ready(messages)) => now(ReplyBody::ReadMessages {
                 stream_name,
                 result: Ok(messages),
             }),
+            // Messages in sealed segments are read on the blocking pool,
+            // beside the connection's other requests: what the read
+            // returns was fixed when it was carried out, so later requests
+            // need not wait for it.
+            Ok(ReadNow::FromDisk(read)) => Handled::Later(Box::pin(async move {
+                let result = answer(read.run_blocking().await);
+                Reply {
+                    request_id,
+                    body: ReplyBody::ReadMessages {
+                        stream_name,
+                        result,
+                    },
+                }
+            })),
             Err(e) => now(ReplyBody::ReadMessages {
                 stream_name,
                 result: Err(failure(&e)),
