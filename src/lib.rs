@@ -23,7 +23,13 @@
 //!   then requests carried out in arrival order, long-polling reads beside
 //!   them, whole frames written by one writer task. [`server::dispatch`] is
 //!   the one exhaustive `match` over operations and the one place a store
-//!   error becomes a wire status.
+//!   error becomes a wire status. Every resource a client can make weir
+//!   hold is bounded in bytes or count ([`server::ServerLimits`]): bytes of
+//!   requests being received (server-wide) and of answers queued (per
+//!   connection), requests in flight, long-polls, connections and sockets
+//!   still in their handshake. Work that waits on the disk (create, delete,
+//!   update, reads of sealed segments) runs on tokio's blocking pool, so the
+//!   one protocol thread keeps serving every other connection.
 //! * [`store`]: the stream registry and each stream's state under one lock
 //!   (its single writer); retention is a pure policy ([`store::retention`])
 //!   that the stream carries out; messages live behind the
@@ -33,7 +39,13 @@
 //!   definitions are [`store::disk`]. All file I/O goes through the
 //!   [`store::fs::FileSystem`] seam, which tests fill with
 //!   `store::simfs::SimulatedFs` (feature `test-util`) to cut the power at
-//!   any point.
+//!   any point (folder entries too are durable only once their folder is
+//!   synced). Start-up follows a named recovery policy
+//!   ([`store::file::recovery`]); a segment change (seal, naming the next
+//!   segment) runs as steps on a blocking thread
+//!   ([`store::file::background`]), a new segment's name made durable only
+//!   after the one before it is synced; a durable sequence floor keeps
+//!   numbers from being reissued when a segment cannot be read.
 //!   Acknowledgements: an append is answered with success only once its
 //!   write to the OS is known to have succeeded, a `flushOnWrite` one only
 //!   after a shared `fdatasync` ([`store::group_commit`], whose waiters are
@@ -46,6 +58,9 @@
 //!   variables. [`clock`]: wall time, passed in. [`daemon`]: lifecycle.
 //! * [`mod@bench`]: `weir bench`, a native load generator, and a server that
 //!   stores nothing, the baseline for client-side benchmarks.
+//! * `fuzzing` (feature `test-util`): the fuzz targets' logic, run by
+//!   `fuzz/` (cargo-fuzz) and, over the committed corpus, by
+//!   `tests/fuzz_smoke.rs` in CI.
 //!
 //! Shutdown is a [`tokio_util::sync::CancellationToken`] passed in; every
 //! loop selects on it.
