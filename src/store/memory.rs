@@ -19,7 +19,7 @@
 //! ```
 //!
 //! and each segment keeps one `u64` per message: where its record starts
-//! (chunk number << [`OFFSET_BITS`] | offset in the chunk). That is 20 bytes
+//! (chunk number << `OFFSET_BITS` | offset in the chunk). That is 20 bytes
 //! per message on top of the payload, below the [`RECORD_OVERHEAD`] every
 //! message is counted with.
 //!
