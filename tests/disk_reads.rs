@@ -203,3 +203,38 @@ fn a_disk_read_of_a_deleted_stream_says_it_is_gone() {
     store.delete("s").unwrap();
     assert!(matches!(read.run(), Err(StoreError::NotFound(_))));
 }
+
+/// A long-poll from a sealed segment, woken by the append it waits for,
+/// reads the sealed segments on the blocking pool and answers at once.
+#[tokio::test(start_paused = true)]
+async fn a_long_poll_from_a_sealed_segment_is_answered_when_woken() {
+    let fs = SimulatedFs::new();
+    let store = store_with(Arc::new(fs), StrategyOnFull::RejectNewData, 1 << 20);
+    for i in 0..9 {
+        append(&store, "s", i);
+    }
+    let reader = tokio::spawn({
+        let store = Arc::clone(&store);
+        async move {
+            let options = ReadMessagesOptions {
+                desired_start_sequence_number: 0,
+                min_message_count: 10,
+                max_message_count: 10,
+                read_timeout_millis: 60_000,
+            };
+            store.read("s", options).await
+        }
+    });
+    tokio::task::yield_now().await;
+    assert!(!reader.is_finished(), "nine messages are not ten");
+    let appended = tokio::time::Instant::now();
+    append(&store, "s", 9);
+    let messages = reader.await.unwrap().unwrap();
+    let seqs: Vec<i64> = messages.iter().map(|m| m.sequence_number).collect();
+    assert_eq!(seqs, (0..10).collect::<Vec<_>>());
+    assert_eq!(
+        appended.elapsed(),
+        std::time::Duration::ZERO,
+        "woken by the append"
+    );
+}

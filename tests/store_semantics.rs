@@ -332,9 +332,14 @@ async fn a_long_poll_is_answered_by_appends_or_at_its_timeout() {
     store.append("s", payload(0)).unwrap();
     tokio::time::sleep(Duration::from_millis(1_000)).await;
     assert!(!reader.is_finished(), "one message is not enough");
+    let appended = tokio::time::Instant::now();
     store.append("s", payload(1)).unwrap();
     let messages = reader.await.unwrap().unwrap();
     assert_eq!(messages.len(), 2);
+    // With the clock paused, time moves only when everything waits for a
+    // timer: a reader that missed the append's wake-up would have been
+    // answered at its deadline, 4 s later, with the same messages.
+    assert_eq!(appended.elapsed(), Duration::ZERO, "woken by the append");
 
     let started = tokio::time::Instant::now();
     let err = store.read("s", options(2, 1, 1, 5_000)).await.unwrap_err();
@@ -356,9 +361,11 @@ async fn a_long_poll_is_answered_by_appends_or_at_its_timeout() {
 #[tokio::test(start_paused = true)]
 async fn deleting_a_stream_ends_its_long_polls() {
     let (store, reader) = waiting_reader(options(0, 1, 1, 60_000)).await;
+    let deleted = tokio::time::Instant::now();
     store.delete("s").unwrap();
     assert!(matches!(
         reader.await.unwrap(),
         Err(StoreError::NotFound(_))
     ));
+    assert_eq!(deleted.elapsed(), Duration::ZERO, "woken by the delete");
 }
