@@ -4,7 +4,9 @@
 //! Payloads are derived from (stream, sequence number), so any message read
 //! back can be checked byte for byte without keeping copies.
 
+mod rng;
 use bytes::Bytes;
+use rng::Rng;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use weir::clock::ManualClock;
@@ -15,21 +17,6 @@ use weir::store::{Store, StoreError, StoreLimits};
 
 const ROOT: &str = "/store";
 const T0: i64 = 1_700_000_000_000;
-
-/// SplitMix64: a seeded, reproducible source of test decisions.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 fn payload(stream: &str, seq: i64) -> Bytes {
     let len = 1 + (seq as usize * 37 + stream.len()) % 700;

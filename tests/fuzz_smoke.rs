@@ -8,7 +8,9 @@
 //! `target/tmp/fuzz-seeds/<target>/`: the request frames of
 //! `protocol-fixtures/*.json` and segment files of a short run of the store.
 
+mod rng;
 use bytes::Bytes;
+use rng::Rng;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use weir::clock::ManualClock;
@@ -50,57 +52,42 @@ fn inputs(dir: &Path) -> Vec<(String, Vec<u8>)> {
         .collect()
 }
 
-/// SplitMix64: reproducible mutations.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
-
 /// One to four libFuzzer-like edits, some splicing in another input.
 fn mutate(rng: &mut Rng, input: &[u8], other: &[u8]) -> Vec<u8> {
     const INTERESTING: [u8; 8] = [0, 1, 0x7f, 0x80, 0xff, 0x1a, 0x5a, 0xbf];
     let mut out = input.to_vec();
-    for _ in 0..1 + rng.below(4) {
-        let at = rng.below(out.len() + 1);
-        match rng.below(8) {
+    for _ in 0..1 + rng.below_usize(4) {
+        let at = rng.below_usize(out.len() + 1);
+        match rng.below_usize(8) {
             0 if !out.is_empty() => {
                 let i = at.min(out.len() - 1);
-                out[i] ^= 1 << rng.below(8);
+                out[i] ^= 1 << rng.below_usize(8);
             }
             1 if !out.is_empty() => {
                 let i = at.min(out.len() - 1);
-                out[i] = INTERESTING[rng.below(INTERESTING.len())];
+                out[i] = INTERESTING[rng.below_usize(INTERESTING.len())];
             }
             2 => out.insert(at, rng.next() as u8),
             3 => {
-                let end = (at + 1 + rng.below(16)).min(out.len());
+                let end = (at + 1 + rng.below_usize(16)).min(out.len());
                 out.drain(at.min(end)..end);
             }
             4 => out.truncate(at),
             5 if !out.is_empty() => {
-                let start = rng.below(out.len());
-                let end = (start + 1 + rng.below(32)).min(out.len());
+                let start = rng.below_usize(out.len());
+                let end = (start + 1 + rng.below_usize(32)).min(out.len());
                 let copy = out[start..end].to_vec();
                 out.splice(at..at, copy);
             }
             6 if !other.is_empty() => {
-                let start = rng.below(other.len());
-                let end = (start + 1 + rng.below(64)).min(other.len());
+                let start = rng.below_usize(other.len());
+                let end = (start + 1 + rng.below_usize(64)).min(other.len());
                 out.splice(at.., other[start..end].iter().copied());
             }
             _ if out.len() >= 4 => {
                 // A big-endian length field made to lie.
                 let i = at.min(out.len() - 4);
-                let lie = [0x7fff_ffffu32, 0x8000_0000, 0, 1, 0x4000_0001][rng.below(5)];
+                let lie = [0x7fff_ffffu32, 0x8000_0000, 0, 1, 0x4000_0001][rng.below_usize(5)];
                 out[i..i + 4].copy_from_slice(&lie.to_be_bytes());
             }
             _ => out.push(rng.next() as u8),
@@ -133,8 +120,8 @@ fn run_target(name: &str, target: Target) {
         .collect();
     let mut rng = Rng(0x5eed ^ name.len() as u64);
     for i in 0..MUTATIONS {
-        let input = all[rng.below(all.len())];
-        let other = all[rng.below(all.len())];
+        let input = all[rng.below_usize(all.len())];
+        let other = all[rng.below_usize(all.len())];
         let mutated = mutate(&mut rng, input, other);
         let result = std::panic::catch_unwind(|| target(&mutated));
         assert!(

@@ -503,6 +503,12 @@ impl Store {
         }
     }
 
+    /// A stream's segments as its log holds them (tests).
+    #[cfg(any(test, feature = "test-util"))]
+    pub fn segments(&self, name: &str) -> Result<Vec<log::SegmentInfo>, StoreError> {
+        self.get(name)?.segments()
+    }
+
     /// The streams now, without holding the registry lock while using them.
     fn all_streams(&self) -> Vec<Arc<Stream>> {
         self.streams

@@ -650,6 +650,27 @@ impl Stream {
         }
     }
 
+    /// The stream's segments as the log holds them (tests compare them
+    /// with a model: after a failed operation they may differ from what the
+    /// files on disk say, e.g. a segment sealed whose footer could not be
+    /// written).
+    #[cfg(any(test, feature = "test-util"))]
+    pub fn segments(&self) -> Result<Vec<super::log::SegmentInfo>, StoreError> {
+        let state = self.lock()?;
+        let mut segments = Vec::new();
+        let mut from = i64::MIN;
+        while let Some(segment) = state.log.segment_from(from) {
+            if segment.next_sequence_number <= from {
+                break;
+            }
+            from = segment
+                .next_sequence_number
+                .max(segment.first_sequence_number + 1);
+            segments.push(segment);
+        }
+        Ok(segments)
+    }
+
     /// Marks the stream gone and wakes its waiting readers and syncs.
     pub fn delete(&self) {
         if let Ok(mut state) = self.state.lock() {
