@@ -5,8 +5,10 @@
 //! back can be checked byte for byte without keeping copies.
 
 mod rng;
+mod sim;
 use bytes::Bytes;
 use rng::Rng;
+use sim::{open_store, ROOT, T0};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use weir::clock::ManualClock;
@@ -14,9 +16,6 @@ use weir::protocol::model::{MessageStreamDefinition, ReadMessagesOptions, Strate
 use weir::store::fs::FileSystem;
 use weir::store::simfs::SimulatedFs;
 use weir::store::{Store, StoreError, StoreLimits};
-
-const ROOT: &str = "/store";
-const T0: i64 = 1_700_000_000_000;
 
 fn payload(stream: &str, seq: i64) -> Bytes {
     let len = 1 + (seq as usize * 37 + stream.len()) % 700;
@@ -29,15 +28,7 @@ fn payload(stream: &str, seq: i64) -> Bytes {
 
 fn open(fs: &SimulatedFs) -> Arc<Store> {
     let clock = Arc::new(ManualClock::new(T0));
-    let store = Store::open(
-        Arc::new(fs.clone()),
-        Path::new(ROOT),
-        clock,
-        StoreLimits {
-            max_read_bytes: 1 << 24,
-        },
-    );
-    Arc::new(store.expect("the store always opens"))
+    Arc::new(open_store(fs, clock).expect("the store always opens"))
 }
 
 fn definition(name: &str, flush: bool, segment: i64) -> MessageStreamDefinition {

@@ -7,9 +7,10 @@
 //! hang detector, on tokio's paused clock, which moves only when every task
 //! waits: a waiter that returns promptly does so at the same instant.
 
+mod sim;
 use bytes::Bytes;
+use sim::{open_store, T0};
 use std::future::Future;
-use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
@@ -17,25 +18,14 @@ use std::time::Duration;
 use weir::clock::ManualClock;
 use weir::protocol::model::{MessageStreamDefinition, StrategyOnFull};
 use weir::store::simfs::SimulatedFs;
-use weir::store::{Operation, Store, StoreError, StoreLimits};
+use weir::store::{Operation, Store, StoreError};
 
-const ROOT: &str = "/store";
-const T0: i64 = 1_700_000_000_000;
 /// Far longer than anything here takes; only a hang reaches it.
 const HANG: Duration = Duration::from_secs(3600);
 
 fn open(fs: &SimulatedFs) -> Arc<Store> {
     let clock = Arc::new(ManualClock::new(T0));
-    let store = Store::open(
-        Arc::new(fs.clone()),
-        Path::new(ROOT),
-        clock,
-        StoreLimits {
-            max_read_bytes: 1 << 24,
-        },
-    )
-    .expect("the store opens");
-    Arc::new(store)
+    Arc::new(open_store(fs, clock).expect("the store opens"))
 }
 
 fn flushed(name: &str) -> MessageStreamDefinition {

@@ -13,7 +13,9 @@
 //! gone and nothing appears that the store never accepted.
 //!
 //! The tests after the property are the smallest sequences found for
-//! each defect. While a defect is being fixed, the model can be told to
+//! each defect, all fixed since; each one's doc says what the store did
+//! when it was found (the cause named is the code as it was then). While a
+//! defect is being fixed, the model can be told to
 //! accept it and look for others: `WEIR_MODEL_TOLERATE=` a comma-separated
 //! list of `resurrect`, `sync-after-restart`, `read-sweep`, `sync-stops`,
 //! `delete`, `full-start` (see `model::tolerates`). By default it accepts

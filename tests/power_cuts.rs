@@ -15,17 +15,15 @@
 //! served, recovered from unsynced writes, must stay), used (no number
 //! given out again), cut again and checked again.
 
+mod sim;
 use bytes::Bytes;
+use sim::{open_store, T0};
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::sync::Arc;
 use weir::clock::ManualClock;
 use weir::protocol::model::{MessageStreamDefinition, ReadMessagesOptions, StrategyOnFull};
 use weir::store::simfs::{Cut, SimulatedFs};
-use weir::store::{Store, StoreLimits};
-
-const ROOT: &str = "/store";
-const T0: i64 = 1_700_000_000_000;
+use weir::store::Store;
 
 fn payload(stream: &str, seq: i64) -> Bytes {
     let len = 40 + (seq as usize * 53 + stream.len()) % 200;
@@ -37,15 +35,7 @@ fn payload(stream: &str, seq: i64) -> Bytes {
 }
 
 fn open(fs: &SimulatedFs, clock: Arc<ManualClock>) -> Result<Store, String> {
-    Store::open(
-        Arc::new(fs.clone()),
-        Path::new(ROOT),
-        clock,
-        StoreLimits {
-            max_read_bytes: 1 << 24,
-        },
-    )
-    .map_err(|e| e.to_string())
+    open_store(fs, clock).map_err(|e| e.to_string())
 }
 
 fn definitions() -> Vec<MessageStreamDefinition> {

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{read_frame, write_frame};
+use common::{append, read_frame, write_frame};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use weir::protocol::cbor::{self, MapReader, Writer};
@@ -57,16 +57,6 @@ fn create(id: &str, name: &str) -> Vec<u8> {
     let mut w = Writer::default();
     w.map(2).kv_text("requestId", id).text("definition").map(2);
     w.kv_text("name", name).kv_int("strategyOnFull", 1);
-    w.into_vec()
-}
-
-fn append(id: &str, name: &str, payload: &[u8]) -> Vec<u8> {
-    let mut w = Writer::default();
-    w.map(3)
-        .kv_text("requestId", id)
-        .kv_text("name", name)
-        .text("payload")
-        .bytes(payload);
     w.into_vec()
 }
 

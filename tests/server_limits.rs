@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{read_frame, write_frame};
+use common::{append, read_frame, write_frame};
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -129,16 +129,6 @@ fn create(id: &str, name: &str, file: bool, flush: bool) -> Vec<u8> {
         .kv_int("strategyOnFull", 1)
         .kv_int("persistence", if file { 0 } else { 1 })
         .kv_bool("flushOnWrite", flush);
-    w.into_vec()
-}
-
-fn append(id: &str, name: &str, payload: &[u8]) -> Vec<u8> {
-    let mut w = Writer::default();
-    w.map(3)
-        .kv_text("requestId", id)
-        .kv_text("name", name)
-        .text("payload")
-        .bytes(payload);
     w.into_vec()
 }
 

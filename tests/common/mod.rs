@@ -97,3 +97,14 @@ pub async fn write_frame(socket: &mut TcpStream, op: u8, payload: &[u8]) {
     buf.extend_from_slice(payload);
     socket.write_all(&buf).await.unwrap();
 }
+
+/// An AppendMessage request's payload, as the SDKs encode it.
+pub fn append(id: &str, name: &str, payload: &[u8]) -> Vec<u8> {
+    let mut w = weir::protocol::cbor::Writer::default();
+    w.map(3)
+        .kv_text("requestId", id)
+        .kv_text("name", name)
+        .text("payload")
+        .bytes(payload);
+    w.into_vec()
+}

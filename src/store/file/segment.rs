@@ -346,8 +346,6 @@ impl Segment {
     }
 
     /// Reads from `from` (inside this segment) into `out` until `limits`
-    /// are reached (at least one message if `out` is empty). Returns false when the budget ran out.
-    /// Reads from `from` (inside this segment) into `out` until `limits`
     /// are reached (at least one message if `out` is empty). Returns false
     /// when the budget ran out.
     pub fn read(
