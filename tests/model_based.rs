@@ -1132,6 +1132,19 @@ fn file_stream(name: &str, flush: bool, max_size: i64, segment: i64) -> MessageS
 }
 
 /// Appends, confirms and (flushOnWrite) waits until durable.
+
+/// A store on a fresh `SimulatedFs` with one empty `File` stream "s"
+/// (no flushOnWrite, large sizes), as the defect tests start.
+fn store_with_one_stream() -> (SimulatedFs, Arc<ManualClock>, Store) {
+    let fs = SimulatedFs::new();
+    let clock = Arc::new(ManualClock::new(T0));
+    let store = open(&fs, &clock);
+    store
+        .create(file_stream("s", false, 1 << 20, 1 << 16))
+        .unwrap();
+    (fs, clock, store)
+}
+
 async fn append_acked(store: &Store, name: &str, len: usize) -> i64 {
     let appended = store.append(name, Bytes::from(vec![7u8; len])).unwrap();
     store.confirm(name, appended.ticket).unwrap();
@@ -1179,12 +1192,7 @@ async fn a_segment_removed_by_retention_comes_back_after_a_power_cut() {
 /// cut then loses messages that sync_all covered.
 #[tokio::test]
 async fn sync_all_after_a_restart_syncs_what_was_written_before_it() {
-    let fs = SimulatedFs::new();
-    let clock = Arc::new(ManualClock::new(T0));
-    let store = open(&fs, &clock);
-    store
-        .create(file_stream("s", false, 1 << 20, 1 << 16))
-        .unwrap();
+    let (fs, clock, store) = store_with_one_stream();
     append_acked(&store, "s", 100).await;
     // weir crashes (no sync); the OS keeps the written bytes.
     drop(store);
@@ -1280,12 +1288,7 @@ async fn a_failed_fsync_opening_a_segment_stops_the_streams_writes() {
 /// start, finishing the delete, would drop.
 #[tokio::test]
 async fn a_delete_that_fails_after_its_commit_point_takes_no_more_appends() {
-    let fs = SimulatedFs::new();
-    let clock = Arc::new(ManualClock::new(T0));
-    let store = open(&fs, &clock);
-    store
-        .create(file_stream("s", false, 1 << 20, 1 << 16))
-        .unwrap();
+    let (fs, clock, store) = store_with_one_stream();
     append_acked(&store, "s", 10).await;
     fs.set_fail_sync(true);
     assert!(store.delete("s").is_err());
@@ -1324,12 +1327,7 @@ async fn describe_goes_on_when_the_disk_is_full_and_a_segment_has_expired() {
 /// whole, and deleting it again works.
 #[tokio::test]
 async fn a_delete_that_failed_before_its_commit_point_can_be_retried() {
-    let fs = SimulatedFs::new();
-    let clock = Arc::new(ManualClock::new(T0));
-    let store = open(&fs, &clock);
-    store
-        .create(file_stream("s", false, 1 << 20, 1 << 16))
-        .unwrap();
+    let (fs, _clock, store) = store_with_one_stream();
     append_acked(&store, "s", 10).await;
     let definition = Path::new(ROOT).join("streams/s/stream.cbor");
     fs.set_fail_path(&definition, Some(5));
@@ -1351,12 +1349,7 @@ async fn a_delete_that_failed_before_its_commit_point_can_be_retried() {
 /// skipped segment's file.
 #[tokio::test]
 async fn a_full_disk_at_start_up_loses_no_messages() {
-    let fs = SimulatedFs::new();
-    let clock = Arc::new(ManualClock::new(T0));
-    let store = open(&fs, &clock);
-    store
-        .create(file_stream("s", false, 1 << 20, 1 << 16))
-        .unwrap();
+    let (fs, clock, store) = store_with_one_stream();
     append_acked(&store, "s", 10).await;
     store.sync_all().await;
     drop(store);
