@@ -1131,8 +1131,6 @@ fn file_stream(name: &str, flush: bool, max_size: i64, segment: i64) -> MessageS
     }
 }
 
-/// Appends, confirms and (flushOnWrite) waits until durable.
-
 /// A store on a fresh `SimulatedFs` with one empty `File` stream "s"
 /// (no flushOnWrite, large sizes), as the defect tests start.
 fn store_with_one_stream() -> (SimulatedFs, Arc<ManualClock>, Store) {
@@ -1145,6 +1143,7 @@ fn store_with_one_stream() -> (SimulatedFs, Arc<ManualClock>, Store) {
     (fs, clock, store)
 }
 
+/// Appends, confirms and (flushOnWrite) waits until durable.
 async fn append_acked(store: &Store, name: &str, len: usize) -> i64 {
     let appended = store.append(name, Bytes::from(vec![7u8; len])).unwrap();
     store.confirm(name, appended.ticket).unwrap();
