@@ -129,6 +129,18 @@ impl GroupCommit {
         }
     }
 
+    /// Sequence numbers below this are durable (it never drops).
+    pub fn synced(&self) -> i64 {
+        self.progress.borrow().synced
+    }
+
+    /// The watermark, for readers that wait for messages to become
+    /// durable without syncing them (the exporter,
+    /// [`super::export_reader`]).
+    pub fn watch_synced(&self) -> SyncedWatch {
+        SyncedWatch(self.progress.subscribe())
+    }
+
     /// No sync will ever cover more: every waiter returns.
     pub fn close(&self, closed: Closed) {
         self.progress.send_modify(|p| {
@@ -164,6 +176,28 @@ impl GroupCommit {
         let average = self.sync_micros.load(Relaxed);
         self.sync_micros.store((average * 7 + took) / 8, Relaxed);
         finished
+    }
+}
+
+/// A view of the durable watermark that tells when it may have moved
+/// ([`GroupCommit::watch_synced`]).
+pub struct SyncedWatch(watch::Receiver<Progress>);
+
+impl SyncedWatch {
+    /// Sequence numbers below this are durable; marks the watermark seen,
+    /// so a change after this look ends the next [`SyncedWatch::changed`].
+    pub fn synced_and_mark_seen(&mut self) -> i64 {
+        self.0.borrow_and_update().synced
+    }
+
+    /// Returns once the commit's state changed since it was last seen (a
+    /// sync ended, the stream was deleted or its writes stopped).
+    pub async fn changed(&mut self) {
+        if self.0.changed().await.is_err() {
+            // The sender lives as long as the stream, which the caller
+            // holds: never, but should it, nothing will change any more.
+            std::future::pending::<()>().await;
+        }
     }
 }
 

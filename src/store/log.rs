@@ -218,6 +218,16 @@ pub trait SegmentLog: Send {
     fn sealed_reader(&self, _from: i64) -> Option<Box<dyn SealedRead>> {
         None
     }
+    /// The messages in `[from, end)`, which the caller knows to be written
+    /// (not waiting for a flush), as a reader detached like
+    /// [`SegmentLog::sealed_reader`]'s but reaching into the active segment
+    /// as far as it is written: the exporter reads what is durable without
+    /// flushing appends that wait, and without the stream's lock. `None`
+    /// when nothing is on disk (the caller reads the log instead, which
+    /// then has nothing waiting either).
+    fn written_reader(&self, _from: i64, _end: i64) -> Option<Box<dyn SealedRead>> {
+        None
+    }
     /// The file to fdatasync to make every append so far durable, for group
     /// commit outside the stream's lock; `None` when nothing is on disk or
     /// everything written is already synced (sealed segments are).

@@ -9,6 +9,7 @@
 //! stream.
 
 pub mod disk;
+pub mod export_reader;
 pub mod file;
 pub mod fs;
 pub mod group_commit;
@@ -24,12 +25,14 @@ use crate::protocol::model::{
     Message, MessageStreamDefinition, MessageStreamInfo, Persistence, ReadMessagesOptions,
 };
 use bytes::Bytes;
+pub use export_reader::{ExportBatch, ExportReader, StreamEvent, Waited};
 use log::{SegmentLog, StorageError};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 pub use stream::Appended;
 use stream::{ReadAttempt, Stream};
+use tokio::sync::broadcast;
 
 /// Domain errors; `server::dispatch` maps each to its wire status.
 #[derive(Debug, thiserror::Error)]
@@ -241,6 +244,8 @@ pub struct Store {
     /// reads or describes), so they need not hold the registry lock while
     /// they work on the disk.
     streams_changing: Mutex<()>,
+    /// Registry events for export managers ([`export_reader`]).
+    events: broadcast::Sender<StreamEvent>,
 }
 
 impl Store {
@@ -253,6 +258,7 @@ impl Store {
             clock,
             limits,
             streams_changing: Mutex::new(()),
+            events: broadcast::Sender::new(export_reader::EVENTS_KEPT),
         }
     }
 
@@ -284,6 +290,7 @@ impl Store {
             clock,
             limits,
             streams_changing: Mutex::new(()),
+            events: broadcast::Sender::new(export_reader::EVENTS_KEPT),
         })
     }
 
@@ -321,10 +328,12 @@ impl Store {
             }
             _ => Stream::new(definition, Box::new(memory::MemoryLog::new()), false),
         };
-        self.streams
-            .write()
-            .expect("registry lock")
-            .insert(stream.name().to_owned(), Arc::new(stream));
+        let mut streams = self.streams.write().expect("registry lock");
+        let created = stream.definition()?;
+        streams.insert(stream.name().to_owned(), Arc::new(stream));
+        // Sent before anyone can find the stream to update or delete it, so
+        // its events come in order. Err only when no one listens.
+        let _no_subscriber = self.events.send(StreamEvent::Created(created));
         Ok(())
     }
 
@@ -344,6 +353,10 @@ impl Store {
         }
         self.streams.write().expect("registry lock").remove(name);
         stream.delete();
+        // The stream is gone whatever removing its folder says. An update
+        // sends its event under the stream's lock, which `delete` took
+        // after it: this event is the stream's last.
+        let _no_subscriber = self.events.send(StreamEvent::Deleted(name.to_owned()));
         match disk {
             Some(disk) => disk.finish_delete(name).map_err(|e| {
                 StoreError::Write(StorageFailure::new(
@@ -409,10 +422,37 @@ impl Store {
     pub fn update(&self, definition: MessageStreamDefinition) -> Result<(), StoreError> {
         let stream = self.get(&definition.name)?;
         let disk = self.disk.as_ref().filter(|_| stream.is_on_disk());
-        stream.update(definition, self.now_millis(), |def| match disk {
+        let saved = |def: &MessageStreamDefinition| match disk {
             Some(disk) => disk.save_definition(def),
             None => Ok(()),
-        })
+        };
+        let updated = |def: &MessageStreamDefinition| {
+            let _no_subscriber = self.events.send(StreamEvent::Updated(def.clone()));
+        };
+        stream.update_then(definition, self.now_millis(), saved, updated)
+    }
+
+    /// A reader of stream `name` for an exporter: it changes nothing and
+    /// offers only durable messages ([`export_reader`]).
+    pub fn export_reader(&self, name: &str) -> Result<ExportReader, StoreError> {
+        Ok(ExportReader::new(self.get(name)?, Arc::clone(&self.clock)))
+    }
+
+    /// Registry events from now on. Subscribe before reading
+    /// [`Store::definitions`]; a receiver that lags (`RecvError::Lagged`)
+    /// has missed events and reads `definitions()` again
+    /// ([`export_reader`] module doc).
+    pub fn subscribe_events(&self) -> broadcast::Receiver<StreamEvent> {
+        self.events.subscribe()
+    }
+
+    /// Every stream's current definition, in name order.
+    pub fn definitions(&self) -> Vec<MessageStreamDefinition> {
+        self.all_streams()
+            .iter()
+            // A stream deleted since the list was taken is left out.
+            .filter_map(|stream| stream.definition().ok())
+            .collect()
     }
 
     /// A read that does not wait: `Ok(None)` if it would have to. Reads the

@@ -38,7 +38,7 @@
 //! them to the writer (an append) and the sweeper
 //! ([`Stream::enforce_retention`]).
 
-use super::group_commit::{Closed, GroupCommit, Leadership, Turn};
+use super::group_commit::{Closed, GroupCommit, Leadership, SyncedWatch, Turn};
 use super::log::{ReadLimits, SealedRead, SegmentLog, StorageError, RECORD_OVERHEAD};
 use super::retention::{self, Room};
 use super::{Fault, Operation, StorageFailure, StoreError};
@@ -208,6 +208,33 @@ impl std::fmt::Debug for DetachedRead {
     }
 }
 
+/// What an exporter may read of a stream ([`Stream::export_bounds`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExportBounds {
+    /// The oldest message a read can return (expired ones count as gone).
+    pub oldest_retained: i64,
+    /// Messages below this are durable (on disk after an fdatasync, or, in
+    /// memory, appended).
+    pub durable_next: i64,
+}
+
+/// An exporter's read as [`Stream::export_read`] prepared it.
+pub struct ExportRead {
+    pub bounds: ExportBounds,
+    /// Where the messages start: the read's `from`, or the oldest retained
+    /// message if that is later.
+    pub start: i64,
+    pub limits: ReadLimits,
+    pub source: ExportSource,
+}
+
+pub enum ExportSource {
+    /// Read already (a log in memory).
+    Read(Vec<Message>),
+    /// To read from `start` with `limits`, without the stream's lock.
+    Detached(Box<dyn SealedRead>),
+}
+
 /// Whether a sync of a message that is not in the stream is an error.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Missing {
@@ -267,6 +294,79 @@ impl Stream {
 
     pub fn subscribe(&self) -> watch::Receiver<()> {
         self.changed.subscribe()
+    }
+
+    /// The group commit's watermark, for a reader that waits for messages
+    /// to become durable; `None` for a stream in memory.
+    pub fn watch_synced(&self) -> Option<SyncedWatch> {
+        self.commit.as_ref().map(|commit| commit.watch_synced())
+    }
+
+    /// The stream's definition now.
+    pub fn definition(&self) -> Result<MessageStreamDefinition, StoreError> {
+        Ok(self.lock()?.definition.clone())
+    }
+
+    /// What an exporter may read now ([`super::export_reader`]): changes
+    /// nothing (no flush of waiting appends, no retention). Only messages
+    /// below the durable watermark are offered; for a stream in memory
+    /// everything appended counts.
+    pub fn export_bounds(&self, now_millis: i64) -> Result<ExportBounds, StoreError> {
+        Ok(self.export_bounds_of(&*self.lock()?, now_millis))
+    }
+
+    fn export_bounds_of(&self, state: &StreamState, now_millis: i64) -> ExportBounds {
+        let next = state.log.next_sequence_number();
+        // A sync covers only what was written before it, and a failed write
+        // gives back only sequence numbers above what was written, so the
+        // watermark is never above `next`; `min` keeps that so regardless.
+        let durable_next = self
+            .commit
+            .as_ref()
+            .map_or(next, |commit| commit.synced().min(next));
+        ExportBounds {
+            oldest_retained: state.retained(now_millis).oldest,
+            durable_next,
+        }
+    }
+
+    /// An exporter's read of up to `max_count` messages from
+    /// `max(from, oldest retained)`, below the durable watermark, in a
+    /// budget of `max_bytes` as [`ReadLimits::cost`] counts (at least one
+    /// message if any). Changes nothing; a log on disk is handed back as a
+    /// detached reader, to read without the stream's lock.
+    pub fn export_read(
+        &self,
+        from: i64,
+        max_count: usize,
+        max_bytes: usize,
+        now_millis: i64,
+    ) -> Result<ExportRead, StoreError> {
+        let state = self.lock()?;
+        let bounds = self.export_bounds_of(&state, now_millis);
+        let start = from.max(bounds.oldest_retained);
+        let count = usize::try_from(bounds.durable_next - start)
+            .unwrap_or(0)
+            .min(max_count);
+        let limits = ReadLimits {
+            max_count: count,
+            max_bytes,
+            name_len: self.name.len(),
+        };
+        let source = if count == 0 {
+            ExportSource::Read(Vec::new())
+        } else if let Some(reader) = state.log.written_reader(start, bounds.durable_next) {
+            ExportSource::Detached(reader)
+        } else {
+            // A log with nothing on disk has no appends waiting for a flush.
+            ExportSource::Read(state.log.read(start, limits).map_err(StoreError::Read)?)
+        };
+        Ok(ExportRead {
+            bounds,
+            start,
+            limits,
+            source,
+        })
     }
 
     /// Step 1 of the acknowledgement contract (module doc): appends one
@@ -614,6 +714,19 @@ impl Stream {
         now_millis: i64,
         persist: impl FnOnce(&MessageStreamDefinition) -> Result<(), StorageError>,
     ) -> Result<(), StoreError> {
+        self.update_then(definition, now_millis, persist, |_| {})
+    }
+
+    /// As [`Stream::update`], then `updated` with the new definition, still
+    /// under the stream's lock (so the registry's events of one stream are
+    /// in the order its changes took effect).
+    pub fn update_then(
+        &self,
+        definition: MessageStreamDefinition,
+        now_millis: i64,
+        persist: impl FnOnce(&MessageStreamDefinition) -> Result<(), StorageError>,
+        updated: impl FnOnce(&MessageStreamDefinition),
+    ) -> Result<(), StoreError> {
         let mut state = self.lock()?;
         if definition.persistence != state.definition.persistence {
             return Err(StoreError::PersistenceChange(self.name.clone()));
@@ -631,6 +744,7 @@ impl Stream {
         }
         state.exports = fresh_export_statuses(&definition, &state.exports);
         state.definition = definition;
+        updated(&state.definition);
         drop(state);
         Ok(())
     }

@@ -91,6 +91,37 @@ struct Skipped {
 }
 
 impl FileLog {
+    /// A detached reader of the segments from `from` on, up to `end`: only
+    /// the sealed ones if `sealed_only` ([`SegmentLog::sealed_reader`]).
+    fn segments_reader(
+        &self,
+        from: i64,
+        end: i64,
+        sealed_only: bool,
+    ) -> Option<Box<dyn SealedRead>> {
+        let first = self
+            .segments
+            .partition_point(|s| s.info.next_sequence_number <= from);
+        let segments: Vec<SegmentReader> = self
+            .segments
+            .range(first..)
+            .take_while(|s| !sealed_only || s.info.sealed)
+            .map(Segment::reader)
+            .collect();
+        let end = segments.last()?.next_sequence_number().min(end);
+        Some(Box::new(SealedSegments {
+            fs: Arc::clone(&self.fs),
+            segments,
+            missing: self
+                .missing
+                .iter()
+                .copied()
+                .filter(|(_, missing_end)| *missing_end > from)
+                .collect(),
+            end,
+        }))
+    }
+
     /// A log for a new, empty stream folder; its sequence floor is written
     /// before this returns.
     pub fn create(fs: Arc<dyn FileSystem>, dir: PathBuf) -> Result<Self, StorageError> {
@@ -742,27 +773,13 @@ impl SegmentLog for FileLog {
     }
 
     fn sealed_reader(&self, from: i64) -> Option<Box<dyn SealedRead>> {
-        let first = self
-            .segments
-            .partition_point(|s| s.info.next_sequence_number <= from);
-        let segments: Vec<SegmentReader> = self
-            .segments
-            .range(first..)
-            .take_while(|s| s.info.sealed)
-            .map(Segment::reader)
-            .collect();
-        let end = segments.last()?.next_sequence_number();
-        Some(Box::new(SealedSegments {
-            fs: Arc::clone(&self.fs),
-            segments,
-            missing: self
-                .missing
-                .iter()
-                .copied()
-                .filter(|(_, missing_end)| *missing_end > from)
-                .collect(),
-            end,
-        }))
+        self.segments_reader(from, i64::MAX, true)
+    }
+
+    fn written_reader(&self, from: i64, end: i64) -> Option<Box<dyn SealedRead>> {
+        // A segment's reader reads only what is written of it, so the
+        // active one's waiting records are never looked at.
+        self.segments_reader(from, end, false)
     }
 
     fn sync_target(&self) -> Option<Arc<dyn FileHandle>> {
