@@ -184,8 +184,12 @@ impl ExportReader {
 
     /// Syncs every message written so far (and first writes those that
     /// wait), so they become durable now rather than at the next background
-    /// sync. Nothing to do for a stream in memory.
+    /// sync. Nothing to do for a stream in memory; fails once the stream is
+    /// deleted.
     pub async fn request_sync(&self) -> Result<(), StoreError> {
+        // A deleted stream in memory has nothing to sync either, but its
+        // exporter must learn it is gone.
+        self.stream.next_sequence_number()?;
         self.stream.sync_written().await
     }
 }
