@@ -109,7 +109,7 @@ async fn an_export_read_writes_nothing_and_removes_nothing() {
     assert!(batch.messages.is_empty());
     assert!(reader.wait_for(16, Instant::now()).await.unwrap() == Waited::TimedOut);
 
-    assert_eq!(snapshot(&fs), files, "no file changed: nothing flushed");
+    assert_eq!(snapshot(&fs), files, "no file changed: nothing written, nothing removed");
     assert_eq!(store.segments("s").unwrap(), segments, "nothing removed");
     // The client path's describe writes the waiting append; reads after it
     // change what it says in nothing.
