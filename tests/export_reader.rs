@@ -109,7 +109,11 @@ async fn an_export_read_writes_nothing_and_removes_nothing() {
     assert!(batch.messages.is_empty());
     assert!(reader.wait_for(16, Instant::now()).await.unwrap() == Waited::TimedOut);
 
-    assert_eq!(snapshot(&fs), files, "no file changed: nothing written, nothing removed");
+    assert_eq!(
+        snapshot(&fs),
+        files,
+        "no file changed: nothing written, nothing removed"
+    );
     assert_eq!(store.segments("s").unwrap(), segments, "nothing removed");
     // The client path's describe writes the waiting append; reads after it
     // change what it says in nothing.
@@ -374,4 +378,44 @@ async fn a_lagging_subscriber_is_told_it_missed_events() {
         events.recv().await.unwrap(),
         StreamEvent::Updated(definition("s", Some(2)))
     );
+}
+
+/// A segment file missing although retention did not remove it is an
+/// error, not a read tried again for ever (retention racing the read is
+/// the only reason to try again).
+#[tokio::test]
+async fn a_segment_file_missing_for_no_reason_fails_the_read() {
+    let fs = SimulatedFs::new();
+    let store = file_store(&fs, Arc::new(ManualClock::new(T0)), None);
+    for i in 0..10 {
+        append(&store, i);
+    }
+    store.sync_all().await;
+    let mut segment_files: Vec<PathBuf> = fs
+        .files()
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .collect();
+    segment_files.sort();
+    // Sealed segments are opened per read.
+    fs.set_fail_path(&segment_files[0], Some(2));
+    let reader = store.export_reader("s").unwrap();
+    let (answer, answered) = std::sync::mpsc::channel();
+    std::thread::spawn(move || answer.send(reader.read(0, ALL, ALL)).unwrap());
+    // Only a hang detector: the answer comes at once or never.
+    let result = answered
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the read answers");
+    match result {
+        Err(StoreError::Read(e)) => {
+            assert_eq!(
+                e.io_error().map(|e| e.kind()),
+                Some(std::io::ErrorKind::NotFound)
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    fs.set_fail_path(&segment_files[0], None);
+    let reader = store.export_reader("s").unwrap();
+    assert_eq!(reader.read(0, ALL, ALL).unwrap().messages.len(), 10);
 }

@@ -126,10 +126,14 @@ impl ExportReader {
                 ExportSource::Detached(reader) => match reader.read(read.start, read.limits) {
                     Ok(messages) => messages,
                     // Retention removed a segment meanwhile: look again, and
-                    // the batch reports the stream's new start.
+                    // the batch reports the stream's new start. A file
+                    // missing with the start where it was is an error (else
+                    // this would try for ever); the start only moves up, so
+                    // this loop ends.
                     Err(e)
                         if e.io_error().map(std::io::Error::kind)
-                            == Some(std::io::ErrorKind::NotFound) =>
+                            == Some(std::io::ErrorKind::NotFound)
+                            && self.retention_moved_past(read.start)? =>
                     {
                         continue
                     }
@@ -142,6 +146,12 @@ impl ExportReader {
                 durable_next: read.bounds.durable_next,
             });
         }
+    }
+
+    /// Whether retention has removed messages from `start` on.
+    fn retention_moved_past(&self, start: i64) -> Result<bool, StoreError> {
+        let bounds = self.stream.export_bounds(self.clock.now_millis())?;
+        Ok(bounds.oldest_retained > start)
     }
 
     /// Returns once a message at or after `from` can be read (for a `File`
