@@ -9,7 +9,8 @@
 mod sim;
 use bytes::Bytes;
 use sim::{open_store, T0};
-use std::path::PathBuf;
+use std::io;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
@@ -17,6 +18,7 @@ use tokio::time::Instant;
 use weir::clock::ManualClock;
 use weir::protocol::model::{MessageStreamDefinition, Persistence, StrategyOnFull};
 use weir::store::export_reader::EVENTS_KEPT;
+use weir::store::fs::{FileHandle, FileSystem};
 use weir::store::simfs::SimulatedFs;
 use weir::store::{Store, StoreError, StoreLimits, StreamEvent, Waited};
 
@@ -418,4 +420,93 @@ async fn a_segment_file_missing_for_no_reason_fails_the_read() {
     fs.set_fail_path(&segment_files[0], None);
     let reader = store.export_reader("s").unwrap();
     assert_eq!(reader.read(0, ALL, ALL).unwrap().messages.len(), 10);
+}
+
+/// Runs `hook` once, at the first opening of a segment file (sealed
+/// segments are opened per read, after the reader let go of the stream).
+struct HookedFs {
+    inner: SimulatedFs,
+    hook: Arc<std::sync::Mutex<Option<Box<dyn FnOnce() + Send>>>>,
+}
+
+impl FileSystem for HookedFs {
+    fn create_dir_all(&self, path: &Path) -> io::Result<()> {
+        self.inner.create_dir_all(path)
+    }
+    fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
+        self.inner.list(dir)
+    }
+    fn open(&self, path: &Path) -> io::Result<Arc<dyn FileHandle>> {
+        if path.extension().is_some_and(|e| e == "seg") {
+            let hook = self.hook.lock().unwrap().take();
+            if let Some(hook) = hook {
+                hook();
+            }
+        }
+        self.inner.open(path)
+    }
+    fn create(&self, path: &Path) -> io::Result<Arc<dyn FileHandle>> {
+        self.inner.create(path)
+    }
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        self.inner.remove_file(path)
+    }
+    fn remove_dir_all(&self, path: &Path) -> io::Result<()> {
+        self.inner.remove_dir_all(path)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.inner.rename(from, to)
+    }
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        self.inner.sync_dir(dir)
+    }
+    fn is_dir(&self, path: &Path) -> bool {
+        self.inner.is_dir(path)
+    }
+    fn run_blocking(&self, job: Box<dyn FnOnce() + Send>) {
+        self.inner.run_blocking(job)
+    }
+}
+
+/// Retention removing the segment a detached read is about to open: the
+/// read looks again and reports the gap.
+#[tokio::test]
+async fn a_segment_removed_under_a_read_is_reported_as_a_gap() {
+    let hook = Arc::new(std::sync::Mutex::new(None));
+    let fs = HookedFs {
+        inner: SimulatedFs::new(),
+        hook: Arc::clone(&hook),
+    };
+    let store = Store::open(
+        Arc::new(fs),
+        Path::new(sim::ROOT),
+        Arc::new(ManualClock::new(T0)),
+        StoreLimits {
+            max_read_bytes: 1 << 20,
+        },
+    )
+    .unwrap();
+    let store = Arc::new(store);
+    store
+        .create(MessageStreamDefinition {
+            // Room for two segments of four messages.
+            max_size: 2 * 4 * 224,
+            ..definition("s", None)
+        })
+        .unwrap();
+    for i in 0..8 {
+        append(&store, i);
+    }
+    store.sync_all().await;
+    let appender = Arc::clone(&store);
+    // Message 8 makes room by removing segment 0..4.
+    *hook.lock().unwrap() = Some(Box::new(move || {
+        append(&appender, 8);
+    }) as Box<dyn FnOnce() + Send>);
+    let batch = store.export_reader("s").unwrap().read(0, ALL, ALL).unwrap();
+    assert!(hook.lock().unwrap().is_none(), "the hook ran");
+    assert_eq!(batch.oldest_retained, 4);
+    assert_eq!(batch.skipped(0), 4);
+    assert_eq!(sequence_numbers(&batch), [4, 5, 6, 7]);
+    assert_eq!(batch.durable_next, 8, "message 8 is not synced");
 }
