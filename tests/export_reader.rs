@@ -426,8 +426,10 @@ async fn a_segment_file_missing_for_no_reason_fails_the_read() {
 /// segments are opened per read, after the reader let go of the stream).
 struct HookedFs {
     inner: SimulatedFs,
-    hook: Arc<std::sync::Mutex<Option<Box<dyn FnOnce() + Send>>>>,
+    hook: Arc<std::sync::Mutex<Option<Hook>>>,
 }
+
+type Hook = Box<dyn FnOnce() + Send>;
 
 impl FileSystem for HookedFs {
     fn create_dir_all(&self, path: &Path) -> io::Result<()> {
@@ -502,7 +504,7 @@ async fn a_segment_removed_under_a_read_is_reported_as_a_gap() {
     // Message 8 makes room by removing segment 0..4.
     *hook.lock().unwrap() = Some(Box::new(move || {
         append(&appender, 8);
-    }) as Box<dyn FnOnce() + Send>);
+    }) as Hook);
     let batch = store.export_reader("s").unwrap().read(0, ALL, ALL).unwrap();
     assert!(hook.lock().unwrap().is_none(), "the hook ran");
     assert_eq!(batch.oldest_retained, 4);
