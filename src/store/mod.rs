@@ -6,7 +6,8 @@
 //! [`group_commit`] is the shared `fdatasync` behind `flushOnWrite`;
 //! [`log::SegmentLog`] is the storage seam, filled by [`file::FileLog`] and
 //! [`memory::MemoryLog`]; [`retention`] is the pure policy of what leaves a
-//! stream.
+//! stream; [`export_reader`] is how exporters read streams (changing
+//! nothing, durable messages only) and learn of streams coming and going.
 
 pub mod disk;
 pub mod export_reader;
