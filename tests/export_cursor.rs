@@ -13,6 +13,7 @@ use weir::export::cursor::{resume_all, CursorState, CursorStore, Cursors, CURSOR
 use weir::protocol::model::{
     Batching, ExportDefinition, KinesisConfig, MessageStreamDefinition, S3ExportTaskExecutorConfig,
 };
+use weir::store::fs::FileSystem;
 use weir::store::log::{StorageError, StorageOp};
 use weir::store::simfs::{Cut, SimulatedFs};
 
@@ -154,7 +155,11 @@ fn a_power_cut_anywhere_in_a_save_leaves_the_old_or_the_new_cursors() {
         assert!(saved.is_err(), "cut after {n}: the save noticed");
         for cut in [Cut::Clean, Cut::WrittenBytesKept, Cut::ProcessOnly] {
             let image = fs.power_cut_image(cut).expect("cut");
-            for image in [image.crash(|_, _| 0), image.crash(|_, unsynced| unsynced / 2), image] {
+            for image in [
+                image.crash(|_, _| 0),
+                image.crash(|_, unsynced| unsynced / 2),
+                image,
+            ] {
                 open_store(&image, clock()).expect("the store reopens");
                 let loaded = cursors(&image).load(STREAM).expect("loads");
                 if loaded == old_cursors() {
@@ -213,6 +218,15 @@ fn a_save_for_a_deleted_stream_fails_and_leaves_no_folder() {
         Some(std::io::ErrorKind::NotFound),
         "{error}"
     );
+    let folder = cursors(&fs)
+        .path(STREAM)
+        .parent()
+        .expect("a folder")
+        .to_owned();
+    assert!(
+        !FileSystem::is_dir(&fs, &folder),
+        "the save made the folder again"
+    );
     // A stream made again under the name starts with no cursors.
     store
         .create(MessageStreamDefinition::with_defaults(STREAM.into()))
@@ -253,7 +267,10 @@ fn exports_resume_where_they_stopped_unless_their_start_changed() {
     // A changed start moves the position there (counters kept); a new
     // export starts at its start; an export no longer defined is dropped.
     let changed = ExportDefinition {
-        kinesis: vec![kinesis("kinesis-1", Some(500)), kinesis("kinesis-3", Some(3))],
+        kinesis: vec![
+            kinesis("kinesis-1", Some(500)),
+            kinesis("kinesis-3", Some(3)),
+        ],
         s3_task_executor: vec![S3ExportTaskExecutorConfig {
             identifier: "s3".into(),
             size_threshold_for_multipart_upload_bytes: None,

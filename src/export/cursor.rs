@@ -214,9 +214,10 @@ pub fn encode(cursors: &Cursors) -> Vec<u8> {
         put_text(&mut b, id);
         b.extend_from_slice(&c.start_sequence_number.to_le_bytes());
         let error = c.error_message.as_deref().map(bounded_error_message);
-        let flags = u8::from(c.last_exported_sequence_number.is_some()) * HAS_LAST_EXPORTED
-            | u8::from(c.last_export_time.is_some()) * HAS_EXPORT_TIME
-            | u8::from(error.is_some()) * HAS_ERROR;
+        let flag = |set: bool, bit: u8| if set { bit } else { 0 };
+        let flags = flag(c.last_exported_sequence_number.is_some(), HAS_LAST_EXPORTED)
+            | flag(c.last_export_time.is_some(), HAS_EXPORT_TIME)
+            | flag(error.is_some(), HAS_ERROR);
         b.push(flags);
         for value in [
             c.last_exported_sequence_number.unwrap_or(0),
@@ -323,10 +324,14 @@ impl<'a> Reader<'a> {
         Ok(taken)
     }
     fn u32(&mut self) -> Result<u32, String> {
-        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")))
+        Ok(u32::from_le_bytes(
+            self.take(4)?.try_into().expect("4 bytes"),
+        ))
     }
     fn i64(&mut self) -> Result<i64, String> {
-        Ok(i64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes")))
+        Ok(i64::from_le_bytes(
+            self.take(8)?.try_into().expect("8 bytes"),
+        ))
     }
     fn text(&mut self, max: usize) -> Result<String, String> {
         let len = self.u32()? as usize;
