@@ -45,7 +45,7 @@
 //! or value out of range) is an error, [`StorageError::Corrupt`]: the
 //! exporter must not silently start over from `startSequenceNumber`.
 
-use crate::protocol::model::ExportDefinition;
+use crate::protocol::model::{ExportDefinition, ExportStatus};
 use crate::store::disk::encode_name;
 use crate::store::fs::{self, FileSystem};
 use crate::store::log::{IoContext, StorageError, StorageOp};
@@ -100,6 +100,20 @@ impl CursorState {
         match self.last_exported_sequence_number {
             Some(last) if last >= self.start_sequence_number => last.saturating_add(1),
             _ => self.start_sequence_number,
+        }
+    }
+
+    /// The cursor as `describeMessageStream` reports it. Before anything
+    /// was exported, `lastExportedSequenceNumber` is the one before the
+    /// start, as `crate::store::stream` reports a new export.
+    pub fn export_status(&self, identifier: &str) -> ExportStatus {
+        ExportStatus {
+            export_config_identifier: identifier.to_owned(),
+            last_exported_sequence_number: self.next_sequence_number() - 1,
+            last_export_time: self.last_export_time,
+            error_message: self.error_message.clone(),
+            exported_bytes_from_stream: self.exported_bytes_from_stream,
+            exported_messages_count: self.exported_messages_count,
         }
     }
 
@@ -345,6 +359,32 @@ impl<'a> Reader<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_status_reports_the_last_exported_number_or_the_one_before_the_start() {
+        let fresh = CursorState::starting_at(7).export_status("k");
+        assert_eq!(fresh.last_exported_sequence_number, 6);
+        assert_eq!(fresh.export_config_identifier, "k");
+        let moved = CursorState {
+            last_exported_sequence_number: Some(41),
+            last_export_time: Some(5),
+            error_message: Some("throttled".into()),
+            exported_bytes_from_stream: 420,
+            exported_messages_count: 35,
+            ..CursorState::starting_at(7)
+        };
+        let status = moved.export_status("k");
+        assert_eq!(
+            (
+                status.last_exported_sequence_number,
+                status.last_export_time,
+                status.error_message.as_deref(),
+                status.exported_bytes_from_stream,
+                status.exported_messages_count
+            ),
+            (41, Some(5), Some("throttled"), 420, 35)
+        );
+    }
 
     #[test]
     fn long_error_messages_are_cut_at_a_character_boundary() {
