@@ -70,6 +70,7 @@ pub mod bench;
 pub mod clock;
 pub mod config;
 pub mod daemon;
+pub mod export;
 #[cfg(feature = "test-util")]
 pub mod fuzzing;
 pub mod protocol;

@@ -82,6 +82,10 @@ pub enum StorageOp {
     WriteFloor,
     /// Mapping memory for a `Memory` stream's records.
     MapMemory,
+    /// Reading a stream's export cursors (`crate::export::cursor`).
+    ReadExportCursor,
+    /// Writing or removing a stream's export cursors.
+    WriteExportCursor,
 }
 
 impl std::fmt::Display for StorageOp {
@@ -100,6 +104,8 @@ impl std::fmt::Display for StorageOp {
             StorageOp::ReadSegment => "reading a segment",
             StorageOp::WriteFloor => "writing the sequence floor",
             StorageOp::MapMemory => "mapping memory for messages",
+            StorageOp::ReadExportCursor => "reading the export cursors",
+            StorageOp::WriteExportCursor => "writing the export cursors",
         })
     }
 }
