@@ -54,6 +54,11 @@
 //!   written once, in the [`store::stream`] module doc. Reads and describes
 //!   have no side effects that can fail them: TTL removal is the writer's
 //!   and the sweeper's.
+//! * Exporters (being built, nothing is sent to the cloud yet): they read
+//!   the store only through [`store::export_reader`] (no side effects,
+//!   durable messages only, gaps reported, registry events), and keep their
+//!   progress in [`export::cursor`] (one atomically written, checksummed
+//!   file per stream, beside its segments).
 //! * [`auth`]: client tokens. [`config`]: the Java server's environment
 //!   variables. [`clock`]: wall time, passed in. [`daemon`]: lifecycle.
 //! * [`mod@bench`]: `weir bench`, a native load generator, and a server that
