@@ -2,6 +2,7 @@
 //! 13): `Store::read_now` hands them back as `ReadNow::FromDisk`, and while
 //! one waits on the disk, appends to the same stream go on.
 
+mod sim;
 use bytes::Bytes;
 use std::io;
 use std::path::Path;
@@ -13,14 +14,9 @@ use weir::store::fs::{FileHandle, FileSystem};
 use weir::store::simfs::SimulatedFs;
 use weir::store::{ReadNow, Store, StoreError, StoreLimits};
 
-/// A file system whose sealed segments' reads can be held at a gate: the
-/// first read of a `.seg` file opened by path (sealed segments are opened
-/// per read) says so on `entered` and waits for `release`.
-struct GatedFs {
-    inner: SimulatedFs,
-    gate: Arc<Mutex<Option<Gate>>>,
-}
-
+/// Reads of a sealed segment's file (sealed segments are opened per read)
+/// held at a gate: the first one says so on `entered` and waits for
+/// `release`.
 struct Gate {
     entered: mpsc::Sender<()>,
     release: mpsc::Receiver<()>,
@@ -29,43 +25,6 @@ struct Gate {
 struct GatedFile {
     inner: Arc<dyn FileHandle>,
     gate: Arc<Mutex<Option<Gate>>>,
-}
-
-impl FileSystem for GatedFs {
-    fn create_dir_all(&self, path: &Path) -> io::Result<()> {
-        self.inner.create_dir_all(path)
-    }
-    fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
-        self.inner.list(dir)
-    }
-    fn open(&self, path: &Path) -> io::Result<Arc<dyn FileHandle>> {
-        let file = self.inner.open(path)?;
-        if path.extension().is_some_and(|e| e == "seg") {
-            return Ok(Arc::new(GatedFile {
-                inner: file,
-                gate: Arc::clone(&self.gate),
-            }));
-        }
-        Ok(file)
-    }
-    fn create(&self, path: &Path) -> io::Result<Arc<dyn FileHandle>> {
-        self.inner.create(path)
-    }
-    fn remove_file(&self, path: &Path) -> io::Result<()> {
-        self.inner.remove_file(path)
-    }
-    fn remove_dir_all(&self, path: &Path) -> io::Result<()> {
-        self.inner.remove_dir_all(path)
-    }
-    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-        self.inner.rename(from, to)
-    }
-    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
-        self.inner.sync_dir(dir)
-    }
-    fn is_dir(&self, path: &Path) -> bool {
-        self.inner.is_dir(path)
-    }
 }
 
 impl FileHandle for GatedFile {
@@ -130,9 +89,21 @@ fn store_with(fs: Arc<dyn FileSystem>, strategy: StrategyOnFull, max_size: i64) 
 #[test]
 fn a_read_of_sealed_segments_holds_no_lock_while_it_waits_on_the_disk() {
     let gate = Arc::new(Mutex::new(None));
-    let fs = GatedFs {
+    let fs = sim::OpenHookFs {
         inner: SimulatedFs::new(),
-        gate: Arc::clone(&gate),
+        on_open: {
+            let gate = Arc::clone(&gate);
+            move |fs: &SimulatedFs, path: &Path| -> io::Result<Arc<dyn FileHandle>> {
+                let file = fs.open(path)?;
+                if path.extension().is_some_and(|e| e == "seg") {
+                    return Ok(Arc::new(GatedFile {
+                        inner: file,
+                        gate: Arc::clone(&gate),
+                    }));
+                }
+                Ok(file)
+            }
+        },
     };
     let store = store_with(Arc::new(fs), StrategyOnFull::RejectNewData, 1 << 20);
     // 200-byte messages, four to a 1 KiB segment: 0..4 sealed, and more.

@@ -9,7 +9,6 @@
 mod sim;
 use bytes::Bytes;
 use sim::{open_store, T0};
-use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,7 +17,7 @@ use tokio::time::Instant;
 use weir::clock::ManualClock;
 use weir::protocol::model::{MessageStreamDefinition, Persistence, StrategyOnFull};
 use weir::store::export_reader::EVENTS_KEPT;
-use weir::store::fs::{FileHandle, FileSystem};
+use weir::store::fs::FileSystem;
 use weir::store::simfs::SimulatedFs;
 use weir::store::{Store, StoreError, StoreLimits, StreamEvent, Waited};
 
@@ -422,62 +421,29 @@ async fn a_segment_file_missing_for_no_reason_fails_the_read() {
     assert_eq!(reader.read(0, ALL, ALL).unwrap().messages.len(), 10);
 }
 
-/// Runs `hook` once, at the first opening of a segment file (sealed
-/// segments are opened per read, after the reader let go of the stream).
-struct HookedFs {
-    inner: SimulatedFs,
-    hook: Arc<std::sync::Mutex<Option<Hook>>>,
-}
-
 type Hook = Box<dyn FnOnce() + Send>;
-
-impl FileSystem for HookedFs {
-    fn create_dir_all(&self, path: &Path) -> io::Result<()> {
-        self.inner.create_dir_all(path)
-    }
-    fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
-        self.inner.list(dir)
-    }
-    fn open(&self, path: &Path) -> io::Result<Arc<dyn FileHandle>> {
-        if path.extension().is_some_and(|e| e == "seg") {
-            let hook = self.hook.lock().unwrap().take();
-            if let Some(hook) = hook {
-                hook();
-            }
-        }
-        self.inner.open(path)
-    }
-    fn create(&self, path: &Path) -> io::Result<Arc<dyn FileHandle>> {
-        self.inner.create(path)
-    }
-    fn remove_file(&self, path: &Path) -> io::Result<()> {
-        self.inner.remove_file(path)
-    }
-    fn remove_dir_all(&self, path: &Path) -> io::Result<()> {
-        self.inner.remove_dir_all(path)
-    }
-    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-        self.inner.rename(from, to)
-    }
-    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
-        self.inner.sync_dir(dir)
-    }
-    fn is_dir(&self, path: &Path) -> bool {
-        self.inner.is_dir(path)
-    }
-    fn run_blocking(&self, job: Box<dyn FnOnce() + Send>) {
-        self.inner.run_blocking(job)
-    }
-}
 
 /// Retention removing the segment a detached read is about to open: the
 /// read looks again and reports the gap.
 #[tokio::test]
 async fn a_segment_removed_under_a_read_is_reported_as_a_gap() {
-    let hook = Arc::new(std::sync::Mutex::new(None));
-    let fs = HookedFs {
+    // Runs the hook once, at the first opening of a segment file (sealed
+    // segments are opened per read, after the reader let go of the stream).
+    let hook: Arc<std::sync::Mutex<Option<Hook>>> = Arc::new(std::sync::Mutex::new(None));
+    let fs = sim::OpenHookFs {
         inner: SimulatedFs::new(),
-        hook: Arc::clone(&hook),
+        on_open: {
+            let hook = Arc::clone(&hook);
+            move |fs: &SimulatedFs, path: &Path| {
+                if path.extension().is_some_and(|e| e == "seg") {
+                    let hook = hook.lock().unwrap().take();
+                    if let Some(hook) = hook {
+                        hook();
+                    }
+                }
+                fs.open(path)
+            }
+        },
     };
     let store = Store::open(
         Arc::new(fs),

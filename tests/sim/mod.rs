@@ -25,3 +25,50 @@ pub fn open_store(fs: &SimulatedFs, clock: Arc<ManualClock>) -> Result<Store, St
         },
     )
 }
+
+/// A `SimulatedFs` whose openings of files are made by `on_open` (given the
+/// simulated file system and the path), which may run something first (a
+/// test's hook) or wrap the handle (to hold its reads at a gate);
+/// everything else is the simulated file system's own.
+pub struct OpenHookFs<F> {
+    pub inner: SimulatedFs,
+    pub on_open: F,
+}
+
+type Handle = Arc<dyn weir::store::fs::FileHandle>;
+
+impl<F> weir::store::fs::FileSystem for OpenHookFs<F>
+where
+    F: Fn(&SimulatedFs, &Path) -> std::io::Result<Handle> + Send + Sync + 'static,
+{
+    fn create_dir_all(&self, path: &Path) -> std::io::Result<()> {
+        self.inner.create_dir_all(path)
+    }
+    fn list(&self, dir: &Path) -> std::io::Result<Vec<String>> {
+        self.inner.list(dir)
+    }
+    fn open(&self, path: &Path) -> std::io::Result<Handle> {
+        (self.on_open)(&self.inner, path)
+    }
+    fn create(&self, path: &Path) -> std::io::Result<Handle> {
+        self.inner.create(path)
+    }
+    fn remove_file(&self, path: &Path) -> std::io::Result<()> {
+        self.inner.remove_file(path)
+    }
+    fn remove_dir_all(&self, path: &Path) -> std::io::Result<()> {
+        self.inner.remove_dir_all(path)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
+        self.inner.rename(from, to)
+    }
+    fn sync_dir(&self, dir: &Path) -> std::io::Result<()> {
+        self.inner.sync_dir(dir)
+    }
+    fn is_dir(&self, path: &Path) -> bool {
+        self.inner.is_dir(path)
+    }
+    fn run_blocking(&self, job: Box<dyn FnOnce() + Send>) {
+        self.inner.run_blocking(job)
+    }
+}
