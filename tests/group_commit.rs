@@ -155,9 +155,12 @@ async fn a_leader_dropped_during_its_fsync_still_records_the_failure() {
     let (store, mut leader, waiter) = leader_and_waiter(&fs);
     fs.set_fail_sync(true);
     // The second poll passes the gathering yield and starts the fdatasync
-    // (on a blocking thread: the stream has not shown its disk fast yet).
+    // on a blocking thread (the stream has not shown its disk fast yet),
+    // where it is held until the leader is gone.
+    fs.hold_syncs(true);
     assert!(poll_once(&mut leader).is_pending());
     drop(leader);
+    fs.hold_syncs(false);
     match promptly(waiter).await {
         Err(StoreError::WritesStopped { .. }) => {}
         other => panic!("the waiter: {other:?}"),

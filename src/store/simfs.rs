@@ -55,6 +55,10 @@ struct Faults {
     /// Bytes that may still be added to files; `u64::MAX` is unlimited.
     space_left: AtomicU64,
     fail_sync: AtomicBool,
+    /// While set, a file's `sync_data` waits (so a test can hold a sync in
+    /// progress on another thread), then goes on as it would have.
+    hold_syncs: Mutex<bool>,
+    syncs_released: std::sync::Condvar,
     /// `set_len` fails with EIO.
     fail_set_len: AtomicBool,
     /// OS errors that opening, renaming or removing these paths fails with.
@@ -249,6 +253,14 @@ impl SimulatedFs {
     /// Every `sync_data` and `sync_dir` fails with EIO while set.
     pub fn set_fail_sync(&self, fail: bool) {
         self.inner.faults.fail_sync.store(fail, Ordering::SeqCst);
+    }
+
+    /// While `hold` is set, every file `sync_data` waits for it to be
+    /// cleared (from another thread), then fails or succeeds as
+    /// [`SimulatedFs::set_fail_sync`] says at that moment.
+    pub fn hold_syncs(&self, hold: bool) {
+        *lock(&self.inner.faults.hold_syncs) = hold;
+        self.inner.faults.syncs_released.notify_all();
     }
 
     /// Every `set_len` (cutting a file back) fails with EIO while set.
@@ -688,6 +700,16 @@ impl FileHandle for SimFile {
 
     fn sync_data(&self) -> io::Result<()> {
         let inner = self.inner()?;
+        {
+            let faults = &inner.faults;
+            let mut held = lock(&faults.hold_syncs);
+            while *held {
+                held = faults
+                    .syncs_released
+                    .wait(held)
+                    .unwrap_or_else(|p| p.into_inner());
+            }
+        }
         inner.operate()?;
         inner.faults.syncs.fetch_add(1, Ordering::SeqCst);
         if inner.faults.fail_sync.load(Ordering::SeqCst) {
