@@ -36,7 +36,7 @@ use crate::protocol::model::Message;
 use background::{Gate, Step};
 use bytes::Bytes;
 use recovery::{Damage, Finding, RecoveryMode};
-use segment::{Segment, SegmentReader};
+use segment::{Records, Segment, SegmentReader};
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -628,21 +628,35 @@ impl SealedRead for SealedSegments {
                 .min(usize::try_from(self.end.saturating_sub(from)).unwrap_or(0)),
             ..limits
         };
-        check_missing(&self.missing, from, limits.max_count)?;
-        let mut out = Vec::new();
-        let mut bytes = 0;
-        for segment in self
+        let segments = self
             .segments
             .iter()
             .filter(|s| s.next_sequence_number() > from)
-        {
-            let start = from.max(segment.first_sequence_number());
-            if !segment.read(&*self.fs, start, limits, &mut out, &mut bytes)? {
-                break;
-            }
-        }
-        Ok(out)
+            .map(SegmentReader::records);
+        read_segments(&*self.fs, segments, &self.missing, from, limits)
     }
+}
+
+/// Up to `limits` messages from `from`, over `segments` (from the one that
+/// holds `from` on): the one loop of reads under the stream's lock
+/// ([`FileLog`]) and without it ([`SealedSegments`]).
+fn read_segments<'a>(
+    fs: &dyn FileSystem,
+    segments: impl Iterator<Item = Records<'a>>,
+    missing: &[(i64, i64)],
+    from: i64,
+    limits: ReadLimits,
+) -> Result<Vec<Message>, StorageError> {
+    check_missing(missing, from, limits.max_count)?;
+    let mut out = Vec::new();
+    let mut bytes = 0;
+    for segment in segments {
+        let start = from.max(segment.first_sequence_number());
+        if !segment.read(fs, start, limits, &mut out, &mut bytes)? {
+            break;
+        }
+    }
+    Ok(out)
 }
 
 /// A read of `max_count` messages from `from` fails if some of them were in
@@ -757,19 +771,14 @@ impl SegmentLog for FileLog {
     }
 
     fn read(&self, from: i64, limits: ReadLimits) -> Result<Vec<Message>, StorageError> {
-        check_missing(&self.missing, from, limits.max_count)?;
         let first = self
             .segments
             .partition_point(|s| s.info.next_sequence_number <= from);
-        let mut out = Vec::new();
-        let mut bytes = 0;
-        for segment in self.segments.range(first..) {
-            let start = from.max(segment.info.first_sequence_number);
-            if !segment.read(&*self.fs, start, limits, &mut out, &mut bytes)? {
-                break;
-            }
-        }
-        Ok(out)
+        let segments = self.segments.range(first..).map(|s| {
+            debug_assert!(!s.has_pending(), "reads follow a flush");
+            s.records()
+        });
+        read_segments(&*self.fs, segments, &self.missing, from, limits)
     }
 
     fn sealed_reader(&self, from: i64) -> Option<Box<dyn SealedRead>> {

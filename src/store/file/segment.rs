@@ -345,19 +345,17 @@ impl Segment {
         fs.remove_file(&self.path).during(op)
     }
 
-    /// Reads from `from` (inside this segment) into `out` until `limits`
-    /// are reached (at least one message if `out` is empty). Returns false
-    /// when the budget ran out.
-    pub fn read(
-        &self,
-        fs: &dyn FileSystem,
-        from: i64,
-        limits: ReadLimits,
-        out: &mut Vec<Message>,
-        bytes: &mut usize,
-    ) -> Result<bool, StorageError> {
-        debug_assert!(self.pending.is_empty(), "reads follow a flush");
-        self.reader().read(fs, from, limits, out, bytes)
+    /// Its written records, borrowed (what a read looks at; reads follow a
+    /// flush, so none waits in `pending`).
+    pub fn records(&self) -> Records<'_> {
+        Records {
+            info: self.info,
+            path: &self.path,
+            file: self.file.as_ref(),
+            index: &self.index,
+            damaged: &self.damaged,
+            written: self.written,
+        }
     }
 
     /// What a read of the segment as it is now needs, detached from the
@@ -395,15 +393,42 @@ pub struct SegmentReader {
 }
 
 impl SegmentReader {
-    pub fn first_sequence_number(&self) -> i64 {
-        self.info.first_sequence_number
-    }
-
     pub fn next_sequence_number(&self) -> i64 {
         self.info.next_sequence_number
     }
 
-    /// As [`Segment::read`].
+    pub fn records(&self) -> Records<'_> {
+        Records {
+            info: self.info,
+            path: &self.path,
+            file: self.file.as_ref(),
+            index: &self.index,
+            damaged: &self.damaged,
+            written: self.written,
+        }
+    }
+}
+
+/// A segment's written records as a read sees them, borrowed from a
+/// [`Segment`] (under the stream's lock) or from a [`SegmentReader`]
+/// (without it).
+pub struct Records<'a> {
+    info: SegmentInfo,
+    path: &'a Path,
+    file: Option<&'a Arc<dyn FileHandle>>,
+    index: &'a [IndexEntry],
+    damaged: &'a [(i64, i64)],
+    written: u64,
+}
+
+impl Records<'_> {
+    pub fn first_sequence_number(&self) -> i64 {
+        self.info.first_sequence_number
+    }
+
+    /// Reads from `from` (inside the segment) into `out` until `limits`
+    /// are reached (at least one message if `out` is empty). Returns false
+    /// when the budget ran out.
     pub fn read(
         &self,
         fs: &dyn FileSystem,
@@ -420,7 +445,7 @@ impl SegmentReader {
             .find(|(bad, good)| from < *good && *bad < wanted_end)
         {
             return Err(corrupt(
-                &self.path,
+                self.path,
                 format!(
                     "messages {bad} to {} are damaged (checksum mismatch); read from {good} on",
                     good - 1
@@ -437,23 +462,23 @@ impl SegmentReader {
         };
         let end = SEGMENT_HEADER_LEN + self.written;
         let opened;
-        let file: &dyn FileHandle = match &self.file {
+        let file: &dyn FileHandle = match self.file {
             Some(file) => &**file,
             None => {
-                opened = fs.open(&self.path).during(StorageOp::ReadSegment)?;
+                opened = fs.open(self.path).during(StorageOp::ReadSegment)?;
                 &*opened
             }
         };
         let mut window = Window::new(file, end);
         while seq < self.info.next_sequence_number && offset < end {
             let Some(head) = window.slice(offset, RECORD_HEADER_LEN)? else {
-                return Err(corrupt(&self.path, format!("record {seq} is cut short")));
+                return Err(corrupt(self.path, format!("record {seq} is cut short")));
             };
             let header =
                 RecordHeader::parse(head[..].try_into().expect("a record header's length"));
             if header.seq != seq || header.len > MAX_PAYLOAD || offset + header.total_len() > end {
                 return Err(corrupt(
-                    &self.path,
+                    self.path,
                     format!("record {seq} at offset {offset} is damaged"),
                 ));
             }
@@ -466,7 +491,7 @@ impl SegmentReader {
                 let payload = window.slice(offset + RECORD_HEADER_LEN as u64, len)?;
                 let Some(payload) = payload.filter(|p| header.verifies(p)) else {
                     return Err(corrupt(
-                        &self.path,
+                        self.path,
                         format!("record {seq} fails its checksum"),
                     ));
                 };
@@ -483,7 +508,7 @@ impl SegmentReader {
         if seq < self.info.next_sequence_number {
             // The file ends before the messages its index says it holds.
             return Err(corrupt(
-                &self.path,
+                self.path,
                 format!("the segment ends before message {seq}"),
             ));
         }
