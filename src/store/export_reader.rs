@@ -130,11 +130,7 @@ impl ExportReader {
                     // missing with the start where it was is an error (else
                     // this would try for ever); the start only moves up, so
                     // this loop ends.
-                    Err(e)
-                        if e.io_error().map(std::io::Error::kind)
-                            == Some(std::io::ErrorKind::NotFound)
-                            && self.retention_moved_past(read.start)? =>
-                    {
+                    Err(e) if e.is_not_found() && self.retention_moved_past(read.start)? => {
                         continue
                     }
                     Err(e) => return Err(StoreError::Read(e)),

@@ -153,6 +153,14 @@ impl StorageError {
         )
     }
 
+    /// Whether a file was not there: what a detached read
+    /// ([`SealedRead::read`]) reports when retention removed a segment it
+    /// was about to read.
+    pub fn is_not_found(&self) -> bool {
+        self.io_error()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::NotFound)
+    }
+
     /// The `io::Error` underneath, if any.
     pub fn io_error(&self) -> Option<&std::io::Error> {
         match self {

@@ -373,12 +373,7 @@ impl Stream {
     /// message, making room first as the stream's strategy says.
     pub fn append(&self, payload: Bytes, now_millis: i64) -> Result<Appended, StoreError> {
         let mut state = self.lock()?;
-        if let Some(cause) = &state.writes_stopped {
-            return Err(StoreError::WritesStopped {
-                name: self.name.clone(),
-                cause: Arc::clone(cause),
-            });
-        }
+        state.writable()?;
         let sequence_number = state.append(payload, now_millis)?;
         let ticket = state.tickets.issue();
         let flush = state.definition.flush_on_write && self.commit.is_some();
@@ -406,12 +401,7 @@ impl Stream {
                 tracing::debug!(stream = %self.name, error = %e, "write at confirm failed");
             }
         }
-        if let Some(cause) = &state.writes_stopped {
-            return Err(StoreError::WritesStopped {
-                name: self.name.clone(),
-                cause: Arc::clone(cause),
-            });
-        }
+        state.writable()?;
         let cause = match state.tickets.outcome(ticket) {
             Outcome::Written => return Ok(()),
             Outcome::Failed(cause) => cause,
@@ -640,9 +630,7 @@ impl Stream {
         } = read;
         let mut messages = match reader.read(start, limits) {
             Ok(messages) => messages,
-            Err(e)
-                if e.io_error().map(std::io::Error::kind) == Some(std::io::ErrorKind::NotFound) =>
-            {
+            Err(e) if e.is_not_found() => {
                 // Retention removed a segment meanwhile: read again from
                 // what is retained now.
                 return match self.try_read(&options, now_millis, limits.max_bytes, false)? {
@@ -804,6 +792,17 @@ struct Retained {
 }
 
 impl StreamState {
+    /// Whether the stream still takes (and acknowledges) writes.
+    fn writable(&self) -> Result<(), StoreError> {
+        match &self.writes_stopped {
+            Some(cause) => Err(StoreError::WritesStopped {
+                name: self.definition.name.clone(),
+                cause: Arc::clone(cause),
+            }),
+            None => Ok(()),
+        }
+    }
+
     /// The one place a storage failure out of the log is recorded: appends
     /// whose records it lost are told so at their confirm, and a failure
     /// that makes the stream's files untrustworthy stops its writes (before
