@@ -159,8 +159,17 @@ async fn handshake(
     client: String,
     connections: Arc<Semaphore>,
 ) -> Result<(ProtocolVersion, Frames, OwnedSemaphorePermit), ConnectionError> {
-    let refuse = |request_id: Option<String>, status: StatusCode, message: String| {
-        ConnectResponse::refusal(request_id, status, message, &ctx.server_version)
+    // Answers the Connect with a refusal; the connection then closes.
+    let refuse = async |writer: &mut OwnedWriteHalf,
+                        request_id: Option<String>,
+                        status: StatusCode,
+                        message: String| {
+        let refusal =
+            ConnectResponse::refusal(request_id, status, message.clone(), &ctx.server_version);
+        match send_connect_response(writer, &refusal).await {
+            Ok(()) => ConnectionError::Refused(message),
+            Err(e) => ConnectionError::Io(e),
+        }
     };
     let mut byte = [0u8; 1];
     reader.read_exact(&mut byte).await?;
@@ -169,12 +178,7 @@ async fn handshake(
             "connect version {} is not supported; expected {CONNECT_VERSION}",
             byte[0]
         );
-        send_connect_response(
-            writer,
-            &refuse(None, StatusCode::UnsupportedConnectVersion, message.clone()),
-        )
-        .await?;
-        return Err(ConnectionError::Refused(message));
+        return Err(refuse(writer, None, StatusCode::UnsupportedConnectVersion, message).await);
     }
     let mut frames = FrameReader::new(reader, MAX_CONNECT_FRAME, Arc::clone(&ctx.receiving));
     let frame = match frames.next().await {
@@ -194,49 +198,36 @@ async fn handshake(
     let request = match ConnectRequest::decode(&frame) {
         Ok(request) => request,
         Err(message) => {
-            send_connect_response(
-                writer,
-                &refuse(None, StatusCode::UnexpectedOperation, message.clone()),
-            )
-            .await?;
-            return Err(ConnectionError::Refused(message));
+            return Err(refuse(writer, None, StatusCode::UnexpectedOperation, message).await);
         }
     };
     let version = match request.negotiate() {
         Ok(version) => version,
         Err((status, message)) => {
-            send_connect_response(writer, &refuse(request.request_id, status, message.clone()))
-                .await?;
-            return Err(ConnectionError::Refused(message));
+            return Err(refuse(writer, request.request_id, status, message).await);
         }
     };
     if !ctx.auth.admits(request.auth_token.as_deref()) {
         let message = "the authentication token is missing or not valid".to_owned();
-        send_connect_response(
+        return Err(refuse(
             writer,
-            &refuse(
-                request.request_id,
-                StatusCode::Unauthorized,
-                message.clone(),
-            ),
+            request.request_id,
+            StatusCode::Unauthorized,
+            message,
         )
-        .await?;
-        return Err(ConnectionError::Refused(message));
+        .await);
     }
     let Ok(connection) = connections.try_acquire_owned() else {
         // The connections filled up while this one was in its handshake.
         let message = "weir serves as many connections as it allows; try again later".to_owned();
         tracing::warn!("{message}");
-        send_connect_response(
+        return Err(refuse(
             writer,
-            &refuse(
-                request.request_id,
-                StatusCode::UnknownFailure,
-                message.clone(),
-            ),
+            request.request_id,
+            StatusCode::UnknownFailure,
+            message,
         )
-        .await?;
-        return Err(ConnectionError::Refused(message));
+        .await);
     };
     tracing::debug!(
         sdk = request.sdk_version.as_deref().unwrap_or("?"),
