@@ -90,23 +90,6 @@ impl Config {
                 .map(|v| v.trim().to_owned())
                 .filter(|v| !v.is_empty())
         };
-        fn parse<T: std::str::FromStr>(
-            name: &'static str,
-            value: Option<String>,
-            default: T,
-        ) -> Result<T, ConfigError>
-        where
-            T::Err: std::fmt::Display,
-        {
-            match value {
-                None => Ok(default),
-                Some(v) => v.parse().map_err(|e: T::Err| ConfigError {
-                    name,
-                    reason: e.to_string(),
-                    value: v,
-                }),
-            }
-        }
         let authenticate_client = match get("STREAM_MANAGER_AUTHENTICATE_CLIENT") {
             None => true,
             Some(v) if v.eq_ignore_ascii_case("true") => true,
@@ -193,6 +176,26 @@ impl Config {
     }
 }
 
+/// `value` parsed, or `default` when the variable is not set; a value that
+/// does not parse is an error naming the variable.
+fn parse<T: std::str::FromStr>(
+    name: &'static str,
+    value: Option<String>,
+    default: T,
+) -> Result<T, ConfigError>
+where
+    T::Err: std::fmt::Display,
+{
+    match value {
+        None => Ok(default),
+        Some(v) => v.parse().map_err(|e: T::Err| ConfigError {
+            name,
+            reason: e.to_string(),
+            value: v,
+        }),
+    }
+}
+
 /// A count that must be at least 1.
 fn positive(name: &'static str, value: usize) -> Result<usize, ConfigError> {
     if value == 0 {
@@ -213,30 +216,11 @@ fn server_limits(
 ) -> Result<ServerLimits, ConfigError> {
     let d = ServerLimits::default();
     let count = |name: &'static str, default: usize| -> Result<usize, ConfigError> {
-        let value = match get(name) {
-            None => default,
-            Some(v) => v
-                .parse()
-                .map_err(|e: std::num::ParseIntError| ConfigError {
-                    name,
-                    reason: e.to_string(),
-                    value: v,
-                })?,
-        };
-        positive(name, value)
+        positive(name, parse(name, get(name), default)?)
     };
     let millis = |name: &'static str, default: Duration| -> Result<Duration, ConfigError> {
-        match get(name) {
-            None => Ok(default),
-            Some(v) => v
-                .parse::<u64>()
-                .map(Duration::from_millis)
-                .map_err(|e| ConfigError {
-                    name,
-                    reason: e.to_string(),
-                    value: v,
-                }),
-        }
+        let default = u64::try_from(default.as_millis()).unwrap_or(u64::MAX);
+        parse(name, get(name), default).map(Duration::from_millis)
     };
     let limits = ServerLimits {
         max_handshaking: count("WEIR_MAX_HANDSHAKING", d.max_handshaking)?,
