@@ -358,7 +358,7 @@ pub fn segment_recovery(data: &[u8]) {
         store
             .create(definition)
             .expect("a stream is created on an empty simulated disk");
-        root.join("streams").join(STREAM)
+        crate::store::disk::stream_dir(root, STREAM)
     };
     assert!(fs.is_dir(&dir));
     let first = crate::store::file::format::segment_name(0);

@@ -46,7 +46,7 @@
 //! exporter must not silently start over from `startSequenceNumber`.
 
 use crate::protocol::model::{ExportDefinition, ExportStatus};
-use crate::store::disk::encode_name;
+use crate::store::disk::stream_dir;
 use crate::store::fs::{self, FileSystem};
 use crate::store::log::{IoContext, StorageError, StorageOp};
 use std::collections::BTreeMap;
@@ -153,21 +153,21 @@ pub fn resume_all(definition: &ExportDefinition, stored: &Cursors) -> Cursors {
 /// Reads and writes the cursor files of a store's streams.
 pub struct CursorStore {
     fs: Arc<dyn FileSystem>,
-    /// `<store>/streams`, as [`crate::store::disk::StreamFolders`] lays it out.
-    streams: PathBuf,
+    store_root: PathBuf,
 }
 
 impl CursorStore {
     pub fn new(fs: Arc<dyn FileSystem>, store_root: &Path) -> Self {
         CursorStore {
             fs,
-            streams: store_root.join("streams"),
+            store_root: store_root.to_owned(),
         }
     }
 
-    /// Where a stream's cursors live.
+    /// Where a stream's cursors live: in its folder
+    /// ([`crate::store::disk::stream_dir`]).
     pub fn path(&self, stream: &str) -> PathBuf {
-        self.streams.join(encode_name(stream)).join(CURSOR_FILE)
+        stream_dir(&self.store_root, stream).join(CURSOR_FILE)
     }
 
     /// The stream's stored cursors; none if it has no cursor file. A file

@@ -52,6 +52,17 @@ pub struct LoadedStream {
     pub report: OpenReport,
 }
 
+/// The folder of stream `name` in the store at `store_root`: the one place
+/// that says where stream folders are (the stream's files and, beside them,
+/// its exporters' cursors, [`crate::export::cursor`]).
+pub fn stream_dir(store_root: &Path, name: &str) -> PathBuf {
+    streams_root(store_root).join(encode_name(name))
+}
+
+fn streams_root(store_root: &Path) -> PathBuf {
+    store_root.join("streams")
+}
+
 pub fn encode_name(name: &str) -> String {
     let mut out = String::with_capacity(name.len());
     for b in name.bytes() {
@@ -129,7 +140,7 @@ fn decode_definition(bytes: &[u8]) -> Result<MessageStreamDefinition, String> {
 impl StreamFolders {
     pub fn new(fs: Arc<dyn FileSystem>, store_root: &Path) -> Result<Self, StorageError> {
         let op = StorageOp::OpenStore;
-        let root = store_root.join("streams");
+        let root = streams_root(store_root);
         fs.create_dir_all(&root).during(op)?;
         // The folders themselves must survive a power cut too, or a fresh
         // store could lose every stream created in it: make each level's
