@@ -12,7 +12,7 @@ use weir::clock::ManualClock;
 use weir::protocol::model::{MessageStreamDefinition, ReadMessagesOptions, StrategyOnFull};
 use weir::store::fs::{FileHandle, FileSystem};
 use weir::store::simfs::SimulatedFs;
-use weir::store::{ReadNow, Store, StoreError, StoreLimits};
+use weir::store::{ReadNow, Store, StoreError};
 
 /// Reads of a sealed segment's file (sealed segments are opened per read)
 /// held at a gate: the first one says so on `entered` and waits for
@@ -66,15 +66,7 @@ fn append(store: &Store, name: &str, byte: u8) -> i64 {
 }
 
 fn store_with(fs: Arc<dyn FileSystem>, strategy: StrategyOnFull, max_size: i64) -> Arc<Store> {
-    let store = Store::open(
-        fs,
-        Path::new("/store"),
-        Arc::new(ManualClock::new(1_700_000_000_000)),
-        StoreLimits {
-            max_read_bytes: 1 << 20,
-        },
-    )
-    .unwrap();
+    let store = sim::open_on(fs, Arc::new(ManualClock::new(sim::T0))).unwrap();
     store
         .create(MessageStreamDefinition {
             stream_segment_size: 1024,

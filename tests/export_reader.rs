@@ -445,15 +445,7 @@ async fn a_segment_removed_under_a_read_is_reported_as_a_gap() {
             }
         },
     };
-    let store = Store::open(
-        Arc::new(fs),
-        Path::new(sim::ROOT),
-        Arc::new(ManualClock::new(T0)),
-        StoreLimits {
-            max_read_bytes: 1 << 20,
-        },
-    )
-    .unwrap();
+    let store = sim::open_on(Arc::new(fs), Arc::new(ManualClock::new(T0))).unwrap();
     let store = Arc::new(store);
     store
         .create(MessageStreamDefinition {

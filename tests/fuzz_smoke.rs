@@ -9,6 +9,7 @@
 //! `protocol-fixtures/*.json` and segment files of a short run of the store.
 
 mod rng;
+mod sim;
 use bytes::Bytes;
 use rng::Rng;
 use std::path::{Path, PathBuf};
@@ -16,7 +17,6 @@ use std::sync::Arc;
 use weir::clock::ManualClock;
 use weir::protocol::model::{MessageStreamDefinition, StrategyOnFull};
 use weir::store::simfs::SimulatedFs;
-use weir::store::{Store, StoreLimits};
 
 type Target = fn(&[u8]);
 
@@ -247,15 +247,7 @@ fn fixture_frames() -> Vec<(String, Vec<Vec<u8>>)> {
 /// Segment files (and their indexes) of a short run of the store.
 fn store_segments() -> Vec<(String, Vec<u8>, Option<Vec<u8>>)> {
     let fs = SimulatedFs::new();
-    let store = Store::open(
-        Arc::new(fs.clone()),
-        Path::new("/store"),
-        Arc::new(ManualClock::new(1_700_000_000_000)),
-        StoreLimits {
-            max_read_bytes: 1 << 20,
-        },
-    )
-    .unwrap();
+    let store = sim::open_store(&fs, Arc::new(ManualClock::new(sim::T0))).unwrap();
     store
         .create(MessageStreamDefinition {
             stream_segment_size: 1024,
@@ -270,12 +262,12 @@ fn store_segments() -> Vec<(String, Vec<u8>, Option<Vec<u8>>)> {
         let appended = store.append("s", Bytes::from(payload)).unwrap();
         store.confirm("s", appended.ticket).unwrap();
     }
-    let dir = Path::new("/store/streams/s");
+    let dir = weir::store::disk::stream_dir(Path::new(sim::ROOT), "s");
     let mut files = fs.files();
     files.sort();
     files
         .iter()
-        .filter(|p| p.parent() == Some(dir) && p.extension().is_some_and(|e| e == "seg"))
+        .filter(|p| p.parent() == Some(dir.as_path()) && p.extension().is_some_and(|e| e == "seg"))
         .take(2)
         .map(|seg| {
             let idx = seg.with_extension("idx");

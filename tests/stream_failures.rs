@@ -4,29 +4,21 @@
 //! write is known to have succeeded, and reads and describes keep working
 //! (and change nothing) on a full disk or with failing syncs.
 
+mod sim;
 use bytes::Bytes;
+use sim::{ROOT, T0};
 use std::path::Path;
 use std::sync::Arc;
 use weir::clock::ManualClock;
 use weir::protocol::model::{MessageStreamDefinition, ReadMessagesOptions, StrategyOnFull};
 use weir::store::simfs::SimulatedFs;
-use weir::store::{Appended, Store, StoreError, StoreLimits};
+use weir::store::{Appended, Store, StoreError};
 
-const ROOT: &str = "/store";
-const T0: i64 = 1_700_000_000_000;
 const TTL: i64 = 60_000;
 
 fn open(fs: &SimulatedFs) -> (Arc<Store>, Arc<ManualClock>) {
     let clock = Arc::new(ManualClock::new(T0));
-    let store = Store::open(
-        Arc::new(fs.clone()),
-        Path::new(ROOT),
-        clock.clone(),
-        StoreLimits {
-            max_read_bytes: 1 << 20,
-        },
-    )
-    .expect("the store opens");
+    let store = sim::open_store(fs, clock.clone()).expect("the store opens");
     (Arc::new(store), clock)
 }
 

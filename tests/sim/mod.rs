@@ -16,8 +16,17 @@ pub const T0: i64 = 1_700_000_000_000;
 
 /// Opens (or, after a crash image, reopens) the store at [`ROOT`].
 pub fn open_store(fs: &SimulatedFs, clock: Arc<ManualClock>) -> Result<Store, StorageError> {
+    open_on(Arc::new(fs.clone()), clock)
+}
+
+/// The same on any file system (one that wraps `SimulatedFs` to intercept
+/// some of its calls).
+pub fn open_on(
+    fs: Arc<dyn weir::store::fs::FileSystem>,
+    clock: Arc<ManualClock>,
+) -> Result<Store, StorageError> {
     Store::open(
-        Arc::new(fs.clone()),
+        fs,
         Path::new(ROOT),
         clock,
         StoreLimits {
