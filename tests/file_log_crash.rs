@@ -8,7 +8,7 @@ mod rng;
 mod sim;
 use bytes::Bytes;
 use rng::Rng;
-use sim::{open_store, ROOT, T0};
+use sim::{open_store, read_all, ROOT, T0};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use weir::clock::ManualClock;
@@ -38,28 +38,6 @@ fn definition(name: &str, flush: bool, segment: i64) -> MessageStreamDefinition 
         strategy_on_full: StrategyOnFull::RejectNewData,
         ..MessageStreamDefinition::with_defaults(name.into())
     }
-}
-
-fn read_all(store: &Store, name: &str) -> Vec<(i64, Bytes)> {
-    let info = store.describe(name).unwrap().storage_status;
-    let count = info.newest_sequence_number - info.oldest_sequence_number + 1;
-    if count <= 0 {
-        return Vec::new();
-    }
-    let options = ReadMessagesOptions {
-        desired_start_sequence_number: 0,
-        min_message_count: count,
-        max_message_count: count,
-        read_timeout_millis: 0,
-    };
-    let messages = store
-        .try_read(name, &options)
-        .expect("readable")
-        .expect("all there");
-    messages
-        .into_iter()
-        .map(|m| (m.sequence_number, m.payload))
-        .collect()
 }
 
 /// Every message present is intact, consecutive, and includes 0..=acked.

@@ -17,11 +17,11 @@
 
 mod sim;
 use bytes::Bytes;
-use sim::{open_store, T0};
+use sim::{open_store, read_all, T0};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use weir::clock::ManualClock;
-use weir::protocol::model::{MessageStreamDefinition, ReadMessagesOptions, StrategyOnFull};
+use weir::protocol::model::{MessageStreamDefinition, StrategyOnFull};
 use weir::store::simfs::{Cut, SimulatedFs};
 use weir::store::Store;
 
@@ -156,28 +156,6 @@ async fn run(fs: &SimulatedFs, acked: &mut Acked) -> Result<(), String> {
         append_durably(&store, "full", acked).await?;
     }
     Ok(())
-}
-
-fn read_all(store: &Store, name: &str) -> Vec<(i64, Bytes)> {
-    let info = store.describe(name).unwrap().storage_status;
-    let count = info.newest_sequence_number - info.oldest_sequence_number + 1;
-    if count <= 0 {
-        return Vec::new();
-    }
-    let options = ReadMessagesOptions {
-        desired_start_sequence_number: info.oldest_sequence_number,
-        min_message_count: count,
-        max_message_count: count,
-        read_timeout_millis: 0,
-    };
-    let messages = store
-        .try_read(name, &options)
-        .unwrap_or_else(|e| panic!("{name}: {e}"))
-        .expect("all there");
-    messages
-        .into_iter()
-        .map(|m| (m.sequence_number, m.payload))
-        .collect()
 }
 
 /// Checks the invariants on a store opened after a cut (`process_only`:

@@ -81,3 +81,26 @@ where
         self.inner.run_blocking(job)
     }
 }
+
+/// Every message a stream holds, with its sequence number.
+pub fn read_all(store: &Store, name: &str) -> Vec<(i64, bytes::Bytes)> {
+    let info = store.describe(name).unwrap().storage_status;
+    let count = info.newest_sequence_number - info.oldest_sequence_number + 1;
+    if count <= 0 {
+        return Vec::new();
+    }
+    let options = weir::protocol::model::ReadMessagesOptions {
+        desired_start_sequence_number: info.oldest_sequence_number,
+        min_message_count: count,
+        max_message_count: count,
+        read_timeout_millis: 0,
+    };
+    let messages = store
+        .try_read(name, &options)
+        .unwrap_or_else(|e| panic!("{name}: {e}"))
+        .expect("all there");
+    messages
+        .into_iter()
+        .map(|m| (m.sequence_number, m.payload))
+        .collect()
+}
