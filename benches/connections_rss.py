@@ -20,13 +20,14 @@ import argparse
 import os
 import re
 import resource
-import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
+
+from procs import resident_kib, stop
 
 
 def cbor_text(s):
@@ -72,19 +73,11 @@ def handshake(port):
     return s
 
 
-def rss_kib(pid):
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
-
-
 def settle(pid):
     """RSS once it stops changing (a few samples 100 ms apart)."""
     last = None
     for _ in range(50):
-        now = rss_kib(pid)
+        now = resident_kib(pid)
         if now == last:
             return now
         last = now
@@ -128,12 +121,7 @@ def measure(binary, count):
     finally:
         for s in sockets:
             s.close()
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
         subprocess.run(["rm", "-rf", store])
 
 

@@ -15,12 +15,13 @@ the real protocol with a minimal stdlib client below.
 
 import os
 import re
-import signal
 import socket
 import struct
 import subprocess
 import sys
 import time
+
+from procs import resident_kib, stop
 
 READY = re.compile(r"listening on (\S+)")
 STREAM = "weir-bench"
@@ -126,11 +127,7 @@ class Client:
 
 
 def rss_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS")
+    return resident_kib(pid) / 1024
 
 
 def run(weir: str, bench: str, workdir: str, messages: str, payload: str, cycles: str) -> None:
@@ -175,12 +172,7 @@ def run(weir: str, bench: str, workdir: str, messages: str, payload: str, cycles
                 sys.exit(f"delete failed: {deleted}")
             print(f"rss_deleted_{cycle}={rss_mib(proc.pid):.1f}")
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc, timeout=20)
 
 
 def table(baseline: str, current: str) -> None:

@@ -16,12 +16,13 @@
 
 import os
 import re
-import signal
 import socket
 import statistics
 import subprocess
 import sys
 import time
+
+from procs import rss_kib, stop
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 READY = re.compile(r"weir listening on (\S+)")
@@ -47,17 +48,6 @@ def wait_ready(log: str, timeout: str) -> None:
             pass
         time.sleep(0.01)
     sys.exit(f"weir did not log its readiness line within {timeout} s (see {log})")
-
-
-def rss_kib(pid: int) -> tuple[int, int]:
-    rss = hwm = 0
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                rss = int(line.split()[1])
-            elif line.startswith("VmHWM:"):
-                hwm = int(line.split()[1])
-    return rss, hwm
 
 
 def drop_caches() -> None:
@@ -92,12 +82,7 @@ def one_start(weir: str, store: str, cold: bool) -> tuple[float, str, int]:
             sys.exit(f"weir exited ({proc.wait()}) before its readiness line")
         rss, _ = rss_kib(proc.pid)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
     return elapsed, opened, rss
 
 
