@@ -1,4 +1,4 @@
-//! The durable export cursors (`weir::export::cursor`): what is saved is
+//! The durable export cursors (`weir::store::export_cursor`): what is saved is
 //! loaded back, after a restart and after a power cut at any point of a
 //! save (the old cursors or the new, never a mix); a damaged file is an
 //! error, never a silent start over; a failed fsync stops writes; and an
@@ -9,10 +9,10 @@ use sim::{open_store, ROOT, T0};
 use std::path::Path;
 use std::sync::Arc;
 use weir::clock::ManualClock;
-use weir::export::cursor::{resume_all, CursorState, CursorStore, Cursors, CURSOR_FILE};
 use weir::protocol::model::{
     Batching, ExportDefinition, KinesisConfig, MessageStreamDefinition, S3ExportTaskExecutorConfig,
 };
+use weir::store::export_cursor::{resume_all, CursorState, CursorStore, Cursors, CURSOR_FILE};
 use weir::store::fs::FileSystem;
 use weir::store::log::{StorageError, StorageOp};
 use weir::store::simfs::{Cut, SimulatedFs};
@@ -48,6 +48,7 @@ fn old_cursors() -> Cursors {
                 error_message: None,
                 exported_bytes_from_stream: 4200,
                 exported_messages_count: 42,
+                skipped_messages: 0,
             },
         ),
         ("s3".to_owned(), CursorState::starting_at(0)),
@@ -65,6 +66,7 @@ fn new_cursors() -> Cursors {
                 error_message: Some("ProvisionedThroughputExceeded: réessayez".into()),
                 exported_bytes_from_stream: 10_000,
                 exported_messages_count: 100,
+                skipped_messages: 3,
             },
         ),
         (
@@ -76,6 +78,7 @@ fn new_cursors() -> Cursors {
                 error_message: Some(String::new()),
                 exported_bytes_from_stream: 1,
                 exported_messages_count: 1,
+                skipped_messages: 0,
             },
         ),
     ])

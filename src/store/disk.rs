@@ -54,7 +54,7 @@ pub struct LoadedStream {
 
 /// The folder of stream `name` in the store at `store_root`: the one place
 /// that says where stream folders are (the stream's files and, beside them,
-/// its exporters' cursors, [`crate::export::cursor`]).
+/// its exporters' cursors, [`crate::store::export_cursor`]).
 pub fn stream_dir(store_root: &Path, name: &str) -> PathBuf {
     streams_root(store_root).join(encode_name(name))
 }

@@ -31,8 +31,9 @@
 //! [`EVENTS_KEPT`] events behind), reads `definitions()` again and
 //! reconciles its pipelines with it.
 
-use super::stream::{ExportSource, Stream};
-use super::StoreError;
+use super::export_cursor::{CursorState, CursorStore, Cursors};
+use super::stream::{ExportBounds, ExportSource, Stream};
+use super::{Fault, Operation, StorageFailure, StoreError};
 use crate::clock::Clock;
 use crate::protocol::model::{Message, MessageStreamDefinition};
 use std::sync::Arc;
@@ -95,11 +96,63 @@ pub enum Waited {
 pub struct ExportReader {
     stream: Arc<Stream>,
     clock: Arc<dyn Clock>,
+    /// Where the progress of a `File` stream's exports is saved; `None` for
+    /// a stream in memory (nothing of it outlives a restart).
+    cursors: Option<Arc<CursorStore>>,
 }
 
 impl ExportReader {
-    pub(super) fn new(stream: Arc<Stream>, clock: Arc<dyn Clock>) -> Self {
-        ExportReader { stream, clock }
+    pub(super) fn new(
+        stream: Arc<Stream>,
+        clock: Arc<dyn Clock>,
+        cursors: Option<Arc<CursorStore>>,
+    ) -> Self {
+        ExportReader {
+            stream,
+            clock,
+            cursors,
+        }
+    }
+
+    /// Every export's progress now (describe reports the same), by
+    /// identifier: where a pipeline resumes from.
+    pub fn progress(&self) -> Result<Cursors, StoreError> {
+        self.stream.export_progress()
+    }
+
+    /// Records the progress of export `identifier` and, for a `File`
+    /// stream, saves it (every export of the stream in one atomic file,
+    /// [`super::export_cursor`]) before returning: describe reports it at
+    /// once, and a restart resumes from it. `Ok(false)` if the stream's
+    /// definition no longer has this export with this
+    /// `startSequenceNumber` (an update replaced it; nothing is recorded).
+    /// Blocking (an fsync): call it where that stalls no one. Saves of one
+    /// stream's exports are serialized, each writing the newest progress of
+    /// all of them, so a save never goes back on another's.
+    pub fn save_progress(
+        &self,
+        identifier: &str,
+        progress: CursorState,
+    ) -> Result<bool, StoreError> {
+        let _saving = self.stream.saving_progress();
+        let Some(all) = self.stream.record_export_progress(identifier, progress)? else {
+            return Ok(false);
+        };
+        if let Some(cursors) = &self.cursors {
+            cursors.save(self.stream.name(), &all).map_err(|e| {
+                // A stream deleted meanwhile has no folder: that is the
+                // deletion, not a storage failure.
+                if e.is_not_found() {
+                    StoreError::NotFound(self.stream.name().to_owned())
+                } else {
+                    StoreError::Write(StorageFailure::new(
+                        Operation::SaveExportProgress,
+                        Fault::Storage(e),
+                    ))
+                }
+            })?;
+        }
+        Ok(true)
     }
 
     pub fn name(&self) -> &str {
@@ -146,8 +199,7 @@ impl ExportReader {
 
     /// Whether retention has removed messages from `start` on.
     fn retention_moved_past(&self, start: i64) -> Result<bool, StoreError> {
-        let bounds = self.stream.export_bounds(self.clock.now_millis())?;
-        Ok(bounds.oldest_retained > start)
+        Ok(self.bounds()?.oldest_retained > start)
     }
 
     /// Returns once a message at or after `from` can be read (for a `File`
@@ -155,6 +207,38 @@ impl ExportReader {
     /// stream is deleted. Wakes on the stream's appends and deletion and on
     /// the group commit's watermark, never by polling.
     pub async fn wait_for(&self, from: i64, deadline: Instant) -> Result<Waited, StoreError> {
+        self.wait_until(deadline, |bounds| {
+            from.max(bounds.oldest_retained) < bounds.durable_next
+        })
+        .await
+    }
+
+    /// As [`ExportReader::wait_for`], but for a message at or after `from`
+    /// to be *appended*, durable or not: an exporter that waits for a batch
+    /// to fill waits for appends, then asks for the sync
+    /// ([`ExportReader::request_sync`]) rather than for the background one.
+    pub async fn wait_for_appended(
+        &self,
+        from: i64,
+        deadline: Instant,
+    ) -> Result<Waited, StoreError> {
+        self.wait_until(deadline, |bounds| {
+            from.max(bounds.oldest_retained) < bounds.appended_next
+        })
+        .await
+    }
+
+    /// Where the stream stands now: its oldest message, how far it is
+    /// durable, how far appended.
+    pub fn bounds(&self) -> Result<ExportBounds, StoreError> {
+        self.stream.export_bounds(self.clock.now_millis())
+    }
+
+    async fn wait_until(
+        &self,
+        deadline: Instant,
+        ready: impl Fn(&ExportBounds) -> bool,
+    ) -> Result<Waited, StoreError> {
         let mut appended = self.stream.subscribe();
         let mut synced = self.stream.watch_synced();
         // The sender lives in the stream, which `self` holds, so it is never
@@ -166,8 +250,7 @@ impl ExportReader {
             if let Some(synced) = &mut synced {
                 synced.synced_and_mark_seen();
             }
-            let bounds = self.stream.export_bounds(self.clock.now_millis())?;
-            if from.max(bounds.oldest_retained) < bounds.durable_next {
+            if ready(&self.bounds()?) {
                 return Ok(Waited::Readable);
             }
             if Instant::now() >= deadline {

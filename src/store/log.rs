@@ -82,7 +82,7 @@ pub enum StorageOp {
     WriteFloor,
     /// Mapping memory for a `Memory` stream's records.
     MapMemory,
-    /// Reading a stream's export cursors (`crate::export::cursor`).
+    /// Reading a stream's export cursors ([`super::export_cursor`]).
     ReadExportCursor,
     /// Writing or removing a stream's export cursors.
     WriteExportCursor,

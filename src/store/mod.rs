@@ -10,6 +10,7 @@
 //! nothing, durable messages only) and learn of streams coming and going.
 
 pub mod disk;
+pub mod export_cursor;
 pub mod export_reader;
 pub mod file;
 pub mod fs;
@@ -26,6 +27,7 @@ use crate::protocol::model::{
     Message, MessageStreamDefinition, MessageStreamInfo, Persistence, ReadMessagesOptions,
 };
 use bytes::Bytes;
+use export_cursor::Cursors;
 pub use export_reader::{ExportBatch, ExportReader, StreamEvent, Waited};
 use log::{SegmentLog, StorageError};
 use std::collections::BTreeMap;
@@ -118,6 +120,9 @@ pub enum Operation {
     SaveDefinition,
     CreateStream,
     DeleteStream,
+    /// Saving how far the stream's exports have got (not the stream's
+    /// data: a failure here does not stop its writes).
+    SaveExportProgress,
 }
 
 impl std::fmt::Display for Operation {
@@ -131,6 +136,7 @@ impl std::fmt::Display for Operation {
             Operation::SaveDefinition => "saving the stream definition",
             Operation::CreateStream => "creating the stream",
             Operation::DeleteStream => "deleting the stream",
+            Operation::SaveExportProgress => "saving the export progress",
         })
     }
 }
@@ -239,6 +245,9 @@ pub struct Store {
     streams: RwLock<BTreeMap<String, Arc<Stream>>>,
     /// Folders of `File` streams; `None` for a store kept wholly in memory.
     disk: Option<disk::StreamFolders>,
+    /// Export progress files of `File` streams (beside their segments);
+    /// `None` with `disk`.
+    cursors: Option<Arc<export_cursor::CursorStore>>,
     clock: Arc<dyn Clock>,
     limits: StoreLimits,
     /// Held by creates and deletes for their whole run (never by appends,
@@ -256,6 +265,7 @@ impl Store {
         Store {
             streams: RwLock::new(BTreeMap::new()),
             disk: None,
+            cursors: None,
             clock,
             limits,
             streams_changing: Mutex::new(()),
@@ -271,10 +281,12 @@ impl Store {
         clock: Arc<dyn Clock>,
         limits: StoreLimits,
     ) -> Result<Self, StorageError> {
+        let cursors = Arc::new(export_cursor::CursorStore::new(Arc::clone(&fs), root));
         let folders = disk::StreamFolders::new(fs, root)?;
         let mut streams = BTreeMap::new();
         for loaded in folders.load_all() {
             let name = loaded.definition.name.clone();
+            let stored = load_export_progress(&cursors, &loaded.definition);
             tracing::info!(
                 stream = %name,
                 segments = loaded.report.segments,
@@ -282,12 +294,13 @@ impl Store {
                 truncated_bytes = loaded.report.truncated_bytes,
                 "stream loaded"
             );
-            let stream = Stream::new(loaded.definition, Box::new(loaded.log), true);
+            let stream = Stream::new(loaded.definition, Box::new(loaded.log), true, &stored);
             streams.insert(name, Arc::new(stream));
         }
         Ok(Store {
             streams: RwLock::new(streams),
             disk: Some(folders),
+            cursors: Some(cursors),
             clock,
             limits,
             streams_changing: Mutex::new(()),
@@ -325,9 +338,14 @@ impl Store {
                         Fault::Storage(e),
                     ))
                 })?;
-                Stream::new(definition, Box::new(log), true)
+                Stream::new(definition, Box::new(log), true, &Cursors::new())
             }
-            _ => Stream::new(definition, Box::new(memory::MemoryLog::new()), false),
+            _ => Stream::new(
+                definition,
+                Box::new(memory::MemoryLog::new()),
+                false,
+                &Cursors::new(),
+            ),
         };
         let mut streams = self.streams.write().expect("registry lock");
         let created = stream.definition()?;
@@ -436,7 +454,9 @@ impl Store {
     /// A reader of stream `name` for an exporter: it changes nothing and
     /// offers only durable messages ([`export_reader`]).
     pub fn export_reader(&self, name: &str) -> Result<ExportReader, StoreError> {
-        Ok(ExportReader::new(self.get(name)?, Arc::clone(&self.clock)))
+        let stream = self.get(name)?;
+        let cursors = self.cursors.clone().filter(|_| stream.is_on_disk());
+        Ok(ExportReader::new(stream, Arc::clone(&self.clock), cursors))
     }
 
     /// Registry events from now on. Subscribe before reading
@@ -570,6 +590,40 @@ impl Store {
             if let Err(e) = stream.enforce_retention(now) {
                 tracing::warn!(stream = stream.name(), error = %e, "retention failed");
             }
+        }
+    }
+}
+
+/// The export progress saved for a stream being loaded. A progress file
+/// that cannot be read is not a reason to lose the stream, nor to export
+/// from `startSequenceNumber` silently: the exports start there again (so
+/// nothing is lost; some messages may be sent twice) and say why in
+/// describe's `errorMessage` and in the log.
+fn load_export_progress(
+    cursors: &export_cursor::CursorStore,
+    definition: &MessageStreamDefinition,
+) -> Cursors {
+    match cursors.load(&definition.name) {
+        Ok(stored) => stored,
+        Err(e) => {
+            tracing::error!(
+                stream = %definition.name,
+                error = %e,
+                "export progress cannot be read: exports start again from startSequenceNumber"
+            );
+            let message = format!(
+                "export progress could not be read ({e}); exporting again from startSequenceNumber"
+            );
+            export_cursor::resume_all(&definition.export_definition, &Cursors::new())
+                .into_iter()
+                .map(|(id, cursor)| {
+                    let cursor = export_cursor::CursorState {
+                        error_message: Some(message.clone()),
+                        ..cursor
+                    };
+                    (id, cursor)
+                })
+                .collect()
         }
     }
 }

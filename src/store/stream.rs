@@ -38,6 +38,7 @@
 //! them to the writer (an append) and the sweeper
 //! ([`Stream::enforce_retention`]).
 
+use super::export_cursor::{resume_all, CursorState, Cursors};
 use super::group_commit::{Closed, GroupCommit, Leadership, SyncedWatch, Turn};
 use super::log::{ReadLimits, SealedRead, SegmentLog, StorageError, RECORD_OVERHEAD};
 use super::retention::{self, Room};
@@ -60,12 +61,17 @@ pub struct Stream {
     /// Bumped after every append and on delete; readers waiting for messages
     /// subscribe before they look, so no append can slip between.
     changed: watch::Sender<()>,
+    /// Serializes saves of the export progress file.
+    saving_progress: Mutex<()>,
 }
 
 struct StreamState {
     definition: MessageStreamDefinition,
     log: Box<dyn SegmentLog>,
-    exports: Vec<ExportStatus>,
+    /// How far each export of the definition has got, by identifier: what
+    /// describe reports, kept by the exporters
+    /// ([`super::export_reader::ExportReader::save_progress`]).
+    exports: Cursors,
     deleted: bool,
     /// Set by a failure that makes the stream's files untrustworthy (a
     /// failed fsync): the stream takes and acknowledges no more writes
@@ -216,6 +222,8 @@ pub struct ExportBounds {
     /// Messages below this are durable (on disk after an fdatasync, or, in
     /// memory, appended).
     pub durable_next: i64,
+    /// Messages below this were appended (durable or not yet).
+    pub appended_next: i64,
 }
 
 /// An exporter's read as [`Stream::export_read`] prepared it.
@@ -246,12 +254,16 @@ enum Missing {
 
 impl Stream {
     /// `on_disk`: appends are written to files and can be synced.
+    /// `stored`: the export progress saved for this stream
+    /// ([`super::export_cursor`]); exports it has no cursor for start at
+    /// their `startSequenceNumber`.
     pub fn new(
         definition: MessageStreamDefinition,
         log: Box<dyn SegmentLog>,
         on_disk: bool,
+        stored: &Cursors,
     ) -> Self {
-        let exports = fresh_export_statuses(&definition, &[]);
+        let exports = resume_all(&definition.export_definition, stored);
         let next = log.next_sequence_number();
         Stream {
             name: definition.name.clone(),
@@ -265,6 +277,7 @@ impl Stream {
             }),
             commit: on_disk.then(|| GroupCommit::new(next)),
             changed: watch::Sender::new(()),
+            saving_progress: Mutex::new(()),
         }
     }
 
@@ -302,6 +315,39 @@ impl Stream {
         self.commit.as_ref().map(|commit| commit.watch_synced())
     }
 
+    /// Held while the stream's export progress is saved
+    /// ([`super::export_reader::ExportReader::save_progress`]).
+    pub fn saving_progress(&self) -> MutexGuard<'_, ()> {
+        self.saving_progress
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Every export's progress now, by identifier.
+    pub fn export_progress(&self) -> Result<Cursors, StoreError> {
+        Ok(self.lock()?.exports.clone())
+    }
+
+    /// Records the progress of export `identifier` (what describe reports
+    /// from now on) and returns every export's progress, to be saved.
+    /// `None` if the definition no longer has that export or has it with
+    /// another `startSequenceNumber`: an update changed it meanwhile, and
+    /// the pipeline that made this progress is being replaced.
+    pub fn record_export_progress(
+        &self,
+        identifier: &str,
+        progress: CursorState,
+    ) -> Result<Option<Cursors>, StoreError> {
+        let mut state = self.lock()?;
+        match state.exports.get_mut(identifier) {
+            Some(current) if current.start_sequence_number == progress.start_sequence_number => {
+                *current = progress;
+                Ok(Some(state.exports.clone()))
+            }
+            _ => Ok(None),
+        }
+    }
+
     /// The stream's definition now.
     pub fn definition(&self) -> Result<MessageStreamDefinition, StoreError> {
         Ok(self.lock()?.definition.clone())
@@ -327,6 +373,7 @@ impl Stream {
         ExportBounds {
             oldest_retained: state.retained(now_millis).oldest,
             durable_next,
+            appended_next: next,
         }
     }
 
@@ -689,13 +736,14 @@ impl Stream {
                 newest_sequence_number: next - 1,
                 total_bytes: i64::try_from(retained.bytes).unwrap_or(i64::MAX),
             },
-            export_statuses: state.exports.clone(),
+            export_statuses: export_statuses(&state.definition, &state.exports),
         })
     }
 
     /// Replaces the definition. `persistence` is fixed for a stream's life and
     /// `maxSize` may not drop below what the stream holds (expired messages
-    /// not counted); exports keep their progress when their identifier stays.
+    /// not counted); exports keep their progress when their identifier and
+    /// `startSequenceNumber` stay ([`CursorState::resume`]).
     pub fn update(
         &self,
         definition: MessageStreamDefinition,
@@ -730,7 +778,7 @@ impl Stream {
         if let Err(e) = persist(&definition) {
             return Err(state.failed(Operation::SaveDefinition, Fault::Storage(e)));
         }
-        state.exports = fresh_export_statuses(&definition, &state.exports);
+        state.exports = resume_all(&definition.export_definition, &state.exports);
         state.definition = definition;
         updated(&state.definition);
         drop(state);
@@ -939,29 +987,16 @@ impl StreamState {
     }
 }
 
-/// Export statuses for `definition`, keeping the progress of exports whose
-/// identifier already existed.
-fn fresh_export_statuses(
-    definition: &MessageStreamDefinition,
-    previous: &[ExportStatus],
-) -> Vec<ExportStatus> {
+/// `exportStatuses` as describe reports them: one per export of
+/// `definition`, in the order they are described.
+fn export_statuses(definition: &MessageStreamDefinition, exports: &Cursors) -> Vec<ExportStatus> {
     definition
         .export_definition
         .starts()
         .into_iter()
-        .map(|(id, start)| {
-            previous
-                .iter()
-                .find(|p| p.export_config_identifier == id)
-                .cloned()
-                .unwrap_or_else(|| ExportStatus {
-                    export_config_identifier: id.to_owned(),
-                    last_exported_sequence_number: start - 1,
-                    last_export_time: None,
-                    error_message: None,
-                    exported_bytes_from_stream: 0,
-                    exported_messages_count: 0,
-                })
+        .map(|(id, start)| match exports.get(id) {
+            Some(cursor) => cursor.export_status(id),
+            None => CursorState::starting_at(start).export_status(id),
         })
         .collect()
 }
@@ -974,7 +1009,12 @@ mod tests {
 
     fn stream() -> Stream {
         let definition = MessageStreamDefinition::with_defaults("s".into());
-        Stream::new(definition, Box::new(MemoryLog::new()), false)
+        Stream::new(
+            definition,
+            Box::new(MemoryLog::new()),
+            false,
+            &Cursors::new(),
+        )
     }
 
     /// Any failure that stops writes stops them, wherever it comes from;

@@ -34,6 +34,7 @@
 //!   entry          id_len u32 | id (UTF-8) | start_seq i64 | flags u8
 //!                  | last_exported_seq i64 | last_export_time i64
 //!                  | exported_bytes i64 | exported_messages i64
+//!                  | skipped_messages i64 (version 2 on)
 //!                  | error_len u32 | error (UTF-8)
 //!                  flags: bit 0 last_exported_seq is set, bit 1 last_export_time
 //!                  is set, bit 2 an error message is set; a value not set is 0
@@ -56,7 +57,9 @@ use std::sync::Arc;
 
 pub const CURSOR_FILE: &str = "stream.exports";
 pub const CURSOR_MAGIC: &[u8; 8] = b"WEIRCUR1";
-pub const CURSOR_VERSION: u32 = 1;
+/// Version 2 added `skipped_messages`; version 1 files are read (as
+/// having skipped none) and rewritten as version 2.
+pub const CURSOR_VERSION: u32 = 2;
 /// Longest error message kept, in bytes; a longer one is cut (at a
 /// character boundary) when saved.
 pub const MAX_ERROR_MESSAGE_BYTES: usize = 1024;
@@ -83,6 +86,10 @@ pub struct CursorState {
     pub error_message: Option<String>,
     pub exported_bytes_from_stream: i64,
     pub exported_messages_count: i64,
+    /// Messages never exported: refused by the cloud for good (too large,
+    /// invalid) or removed by retention before they were sent. Each is in
+    /// the log and in `error_message` when it happens.
+    pub skipped_messages: i64,
 }
 
 impl CursorState {
@@ -238,6 +245,7 @@ pub fn encode(cursors: &Cursors) -> Vec<u8> {
             c.last_export_time.unwrap_or(0),
             c.exported_bytes_from_stream,
             c.exported_messages_count,
+            c.skipped_messages,
         ] {
             b.extend_from_slice(&value.to_le_bytes());
         }
@@ -266,10 +274,10 @@ pub fn decode(bytes: &[u8]) -> Result<Cursors, String> {
     if r.take(8)? != CURSOR_MAGIC {
         return Err("not an export cursor file (bad magic)".into());
     }
-    match r.u32()? {
-        CURSOR_VERSION => {}
+    let version = match r.u32()? {
+        version @ (1 | CURSOR_VERSION) => version,
         other => return Err(format!("format version {other} is not supported")),
-    }
+    };
     let count = r.u32()?;
     let mut cursors = Cursors::new();
     let mut previous: Option<String> = None;
@@ -294,6 +302,7 @@ pub fn decode(bytes: &[u8]) -> Result<Cursors, String> {
         let last_export_time = set(HAS_EXPORT_TIME, r.i64()?)?;
         let exported_bytes_from_stream = r.i64()?;
         let exported_messages_count = r.i64()?;
+        let skipped_messages = if version >= 2 { r.i64()? } else { 0 };
         let error = r.text(MAX_ERROR_MESSAGE_BYTES)?;
         let error_message = match (flags & HAS_ERROR != 0, error.is_empty()) {
             (true, _) => Some(error),
@@ -304,6 +313,7 @@ pub fn decode(bytes: &[u8]) -> Result<Cursors, String> {
             || last_exported_sequence_number.is_some_and(|s| s < 0)
             || exported_bytes_from_stream < 0
             || exported_messages_count < 0
+            || skipped_messages < 0
         {
             return Err(format!("export {id:?} has a negative position or count"));
         }
@@ -314,6 +324,7 @@ pub fn decode(bytes: &[u8]) -> Result<Cursors, String> {
             error_message,
             exported_bytes_from_stream,
             exported_messages_count,
+            skipped_messages,
         };
         previous = Some(id.clone());
         cursors.insert(id, cursor);
@@ -417,5 +428,27 @@ mod tests {
         let crc = crc32c::crc32c(&bytes);
         bytes.extend_from_slice(&crc.to_le_bytes());
         assert!(decode(&bytes).unwrap_err().contains("out of order"));
+    }
+
+    /// A version 1 file (before `skipped_messages`) is read as having
+    /// skipped none.
+    #[test]
+    fn version_1_files_are_read() {
+        let cursor = CursorState {
+            last_exported_sequence_number: Some(9),
+            exported_messages_count: 10,
+            ..CursorState::starting_at(0)
+        };
+        let v2 = encode(&Cursors::from([("k".to_owned(), cursor.clone())]));
+        // v1 is v2 without the 8 bytes of skipped_messages, which sit
+        // before the error text's length (the last 4 + 4 bytes).
+        let body = &v2[..v2.len() - TRAILER_LEN];
+        let error_at = body.len() - 4;
+        let mut v1 = body[..error_at - 8].to_vec();
+        v1.extend_from_slice(&body[error_at..]);
+        v1[8..12].copy_from_slice(&1u32.to_le_bytes());
+        let crc = crc32c::crc32c(&v1);
+        v1.extend_from_slice(&crc.to_le_bytes());
+        assert_eq!(decode(&v1).expect("a v1 file decodes")["k"], cursor);
     }
 }
