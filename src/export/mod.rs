@@ -1,1 +1,7 @@
-//! Exports of streams to the cloud (being built).
+//! Exports of streams to the cloud (being built): [`pipeline`] (one per
+//! stream and export), [`destination`] (the client trait), [`gate`]
+//! (uploads at once, bandwidth, priority).
+
+pub mod destination;
+pub mod gate;
+pub mod pipeline;
