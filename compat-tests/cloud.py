@@ -83,11 +83,20 @@ suffix for Kinesis, and for IoT Analytics the path (`POST /messages/batch` is
        <shard> in stream S under account 123456789012.", or InternalFailure,
        message "Internal service failure.") and `ErrorMessage` (CLOUD.md
        "Kinesis Data Streams, PutRecords").  fail_indexes: indexes, or a dict
-       index -> error code.  If every record fails nothing is forwarded.
+       index -> error code; indexes past a request's last record are ignored.
+       If every record fails nothing is forwarded.
   4. otherwise forwarded as is (one fresh upstream connection per request), and
      the upstream's answer relayed (hop-by-hop headers dropped).
 Every request is recorded (`calls()`): operation, fault applied, status answered,
 the records the client sent and the records that went upstream.  Thread-safe.
+A request the proxy cannot carry out (upstream unreachable, a partial_failure on a
+body it cannot read) is answered 502 text/plain, which no AWS client mistakes for
+a service answer.
+
+The SDKs this is meant for: aws-sdk-kinesis 1.130 speaks awsJson1.1 by default
+(`AwsJsonRpcProtocol::aws_json_1_1` in its config.rs); aws-sdk-iotanalytics 1.94
+reads an error's code from `x-amzn-ErrorType`, else the body's `code`/`__type`, and
+its message from `message`/`Message`/`errorMessage` (its json_errors.rs).
 """
 
 import base64
@@ -97,7 +106,6 @@ import http.client
 import json
 import os
 import re
-import secrets
 import signal
 import socket
 import subprocess
@@ -534,6 +542,11 @@ class IotAnalyticsStandIn(_InProcessServer):
         with self._lock:
             self._channels.setdefault(name, [])
 
+    def remove_channel(self, name):
+        """From now on BatchPutMessage to it answers 404 ResourceNotFoundException."""
+        with self._lock:
+            del self._channels[name]
+
     def received(self, channel):
         """[(message id, payload bytes)] of every accepted message, in arrival order."""
         with self._lock:
@@ -608,7 +621,8 @@ class IotAnalyticsStandIn(_InProcessServer):
 Call = collections.namedtuple("Call", "op fault status sent forwarded")
 """One request through the FaultProxy: operation, fault applied (None, "throttle",
 "server_error:500", "drop", "drop_after_forward", "partial", "reject",
-"blackhole"), status answered (None when dropped), the records the client sent
+"blackhole"; "pending" while it is being held or handled), status answered (None
+when dropped), the records the client sent
 ([(data, partition key)] for PutRecords/PutRecord, [(message id, payload)] for
 BatchPutMessage, None otherwise) and those that went upstream (None if nothing)."""
 
@@ -796,8 +810,9 @@ class FaultProxy(_InProcessServer):
                     kind, args = None, {}
         try:
             self._apply(h, idx, op, kind, args, body, sent, doc)
-        except (OSError, http.client.HTTPException) as e:
-            # the upstream could not be reached: say so with a 502 the test will see
+        except (OSError, http.client.HTTPException, HarnessError) as e:
+            # the upstream could not be reached, or the fault could not be applied:
+            # say so with a 502 the test will see
             self._record(idx, fault=kind, status=502)
             try:
                 h.answer(502, f"fault proxy: upstream {self.upstream}: {e}".encode(), [("Content-Type", "text/plain")])
@@ -891,6 +906,3 @@ class FaultProxy(_InProcessServer):
                      forwarded=[sent[i] for i in survivors] if survivors else None)
         h.answer(200, json.dumps(out).encode(), [(k, v) for k, v in headers if k.lower() != "content-length"])
 
-
-def random_stream_name(prefix="weir"):
-    return f"{prefix}-{secrets.token_hex(4)}"

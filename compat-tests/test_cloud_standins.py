@@ -300,6 +300,7 @@ class KinesisCases:
         eq(len(calls), len(self.sent), "requests the proxy counted")
         eq(self.proxy.count("PutRecords"), len(self.sent), "count()")
         eq([c.sent for c in calls], self.sent, "records the proxy recorded per request")
+        self.proxy.wait_count("PutRecords", len(self.sent))
         conns = self.proxy.server.connections
         need(conns < len(calls), f"{conns} connections for {len(calls)} requests: boto3's keep-alive was not reused")
         return f"{len(calls)} requests on {conns} connections, each recorded as sent"
@@ -368,6 +369,9 @@ def iota_cases(report, iota):
                    "InvalidRequestException", "payload not base64")
         iota_error(lambda: c.raw(b"{not json"), 400, "InvalidRequestException", "body not JSON")
         iota_error(lambda: c.raw(doc, path="/messages/other"), 404, "UnknownOperationException", "unknown path")
+        iota.add_channel("gone")
+        iota.remove_channel("gone")
+        iota_error(lambda: c.batch_put_message("gone", [("m", b"p")]), 404, "ResourceNotFoundException", "removed channel")
         eq(iota.received("weir_channel"), before, "nothing stored by refused batches")
         return f"404 ResourceNotFoundException ({e.message!r}), {len(refusals) + 2} kinds of 400 InvalidRequestException"
     cases.append(("iota-refuses", refuses))
@@ -407,7 +411,15 @@ def iota_cases(report, iota):
         eq(iota.received("weir_channel"), before + [("held", b"h")], "stored after resume")
         eq(proxy.count("BatchPutMessage"), 6, "requests counted")
         eq(proxy.sent_records("BatchPutMessage")[-1], [("held", b"h")], "records recorded")
-        return "429 ThrottlingException, 500/503, reject 400, drop, pause/resume; each with x-amzn-ErrorType"
+        gone = cloud.IotAnalyticsStandIn()
+        gone.stop()
+        with cloud.FaultProxy(gone, service="iotanalytics") as orphan:
+            try:
+                cloud.IotAnalyticsClient(orphan.endpoint).batch_put_message("weir_channel", [("m", b"p")])
+                raise CaseFailure("a proxy whose upstream is gone answered 200")
+            except cloud.AwsError as e:
+                eq(e.status, 502, "a proxy whose upstream is gone")
+        return "429 ThrottlingException, 500/503, reject 400, drop, pause/resume; each with x-amzn-ErrorType; 502 without upstream"
     cases.append(("iota-through-proxy", faults))
 
     try:
