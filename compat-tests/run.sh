@@ -20,6 +20,10 @@
 #                           appends until the disk is full fail with "No space left", everything
 #                           acknowledged reads back, appends continue once space is freed, also
 #                           across SIGTERM restarts (one of them on the full disk)
+#      test_cloud_standins.py the exporters' cloud stand-ins of cloud.py (moto, kinesalite, the
+#                           IoT Analytics stand-in, the fault proxy) checked with the real boto3:
+#                           every fault as a client sees it, partial failures in order, read_all
+#                           returns what was put (needs no weir; the weir check above still applies)
 # Exits non-zero if anything failed. Under CI=true a skip is a failure too: a test whose
 # output has a SKIP line, a summary with skip=<n> or "<n> skipped" (n > 0) fails.
 # Needs: pyenv Python 3.7.16 + 3.11.7, node, npm.
@@ -49,7 +53,7 @@ py="$cache/py311-stream-manager-1.1.2/bin/python"
 
 declare -a names=() results=()
 start_all=$SECONDS
-all_tests=(test_gg110 test_conformance test_hostile test_crash test_restart test_full_disk)
+all_tests=(test_gg110 test_conformance test_hostile test_crash test_restart test_full_disk test_cloud_standins)
 if [ $# -gt 0 ]; then selected=("$@"); else selected=("${all_tests[@]}"); fi
 for t in "${selected[@]}"; do
   if [ ! -f "$here/$t.py" ]; then echo "compat: no test $t (one of: ${all_tests[*]})" >&2; exit 1; fi
