@@ -7,11 +7,12 @@
 //! | `STREAM_MANAGER_SERVER_PORT` | 8088 | TCP port; 0 picks a free one (logged) |
 //! | `STREAM_MANAGER_STORE_ROOT_DIR` | `./weir-store` | folder of the stream store and the default token file |
 //! | `STREAM_MANAGER_AUTHENTICATE_CLIENT` | true | require a known `authToken` in the handshake |
-//! | `STREAM_MANAGER_EXPORTER_MAX_BANDWIDTH` | unlimited | kbit/s for all exports (read, exporters come later) |
-//! | `STREAM_MANAGER_EXPORTER_THREAD_POOL_SIZE` (or `STREAM_MANAGER_THREAD_POOL_SIZE`) | 5 | concurrent exports |
+//! | `STREAM_MANAGER_EXPORTER_MAX_BANDWIDTH` | unlimited | average kbit/s of all exports together; when short, higher-priority exports go first |
+//! | `STREAM_MANAGER_EXPORTER_THREAD_POOL_SIZE` (or `STREAM_MANAGER_THREAD_POOL_SIZE`) | 5 | uploads in progress at once |
 //! | `STREAM_MANAGER_EXPORTER_S3_DESTINATION_MULTIPART_UPLOAD_MIN_PART_SIZE_BYTES` | 5242880 | S3 part size |
 //! | `LOG_LEVEL` | INFO | TRACE, DEBUG, INFO, WARN, ERROR (`RUST_LOG` wins if set) |
 //! | `JVM_ARGS` | | ignored: there is no JVM |
+//! | `WEIR_IOT_ANALYTICS_TO_KINESIS` | none | `channel=kinesisStream,...` (or one stream name for every channel): IoT Analytics exports of those channels go to Kinesis instead (IoT Analytics was retired on 2025-12-15) |
 //! | `WEIR_BIND_ADDRESS` | 127.0.0.1 | address to listen on |
 //! | `WEIR_AUTH_TOKEN_FILE` | `<store root>/auth_token`, created if missing | accepted tokens, one per line |
 //! | `WEIR_MAX_FRAME_BYTES` | 16777216 | largest request frame taken; a larger one is read past and answered `RequestPayloadTooLarge` |
@@ -68,6 +69,9 @@ pub struct Config {
     /// kbit/s; `None` is unlimited.
     pub exporter_max_bandwidth_kbps: Option<u64>,
     pub exporter_thread_pool_size: usize,
+    /// `WEIR_IOT_ANALYTICS_TO_KINESIS`: IoT Analytics channel → the Kinesis
+    /// stream its exports go to instead (`*` for every other channel).
+    pub iot_analytics_to_kinesis: std::collections::BTreeMap<String, String>,
     pub s3_multipart_min_part_size: u64,
     pub log_level: String,
     pub sync_interval: std::time::Duration,
@@ -144,7 +148,11 @@ impl Config {
             exporter_max_bandwidth_kbps: get("STREAM_MANAGER_EXPORTER_MAX_BANDWIDTH")
                 .map(|v| parse("STREAM_MANAGER_EXPORTER_MAX_BANDWIDTH", Some(v), 0u64))
                 .transpose()?,
-            exporter_thread_pool_size: parse("STREAM_MANAGER_EXPORTER_THREAD_POOL_SIZE", pool, 5)?,
+            exporter_thread_pool_size: positive(
+                "STREAM_MANAGER_EXPORTER_THREAD_POOL_SIZE",
+                parse("STREAM_MANAGER_EXPORTER_THREAD_POOL_SIZE", pool, 5)?,
+            )?,
+            iot_analytics_to_kinesis: redirects(get("WEIR_IOT_ANALYTICS_TO_KINESIS"))?,
             s3_multipart_min_part_size: parse(
                 "STREAM_MANAGER_EXPORTER_S3_DESTINATION_MULTIPART_UPLOAD_MIN_PART_SIZE_BYTES",
                 get("STREAM_MANAGER_EXPORTER_S3_DESTINATION_MULTIPART_UPLOAD_MIN_PART_SIZE_BYTES"),
@@ -194,6 +202,37 @@ where
             value: v,
         }),
     }
+}
+
+/// `WEIR_IOT_ANALYTICS_TO_KINESIS`: `channel=stream` pairs separated by
+/// commas, or a lone stream name for every channel (the same as
+/// `*=stream`).
+fn redirects(
+    value: Option<String>,
+) -> Result<std::collections::BTreeMap<String, String>, ConfigError> {
+    const NAME: &str = "WEIR_IOT_ANALYTICS_TO_KINESIS";
+    let mut map = std::collections::BTreeMap::new();
+    let Some(value) = value else {
+        return Ok(map);
+    };
+    let error = |reason: String| ConfigError {
+        name: NAME,
+        value: value.clone(),
+        reason,
+    };
+    for item in value.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let (channel, stream) = match item.split_once('=') {
+            Some((channel, stream)) => (channel.trim(), stream.trim()),
+            None => ("*", item),
+        };
+        if channel.is_empty() || stream.is_empty() {
+            return Err(error(format!("{item:?} is not channel=stream")));
+        }
+        if map.insert(channel.to_owned(), stream.to_owned()).is_some() {
+            return Err(error(format!("channel {channel} is named twice")));
+        }
+    }
+    Ok(map)
 }
 
 /// A count that must be at least 1.

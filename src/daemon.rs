@@ -4,6 +4,8 @@
 use crate::auth::{AuthError, Authenticator};
 use crate::clock::SystemClock;
 use crate::config::Config;
+use crate::export::manager::{ExportSettings, ExportThread};
+use crate::export::pipeline::RetryPolicy;
 use crate::server::dispatch::StoreHandler;
 use crate::server::{self, ServerContext};
 use crate::store::fs::StdFs;
@@ -38,6 +40,8 @@ pub enum DaemonError {
         path: String,
         source: std::io::Error,
     },
+    #[error("cannot start the exporters: {0}")]
+    Exports(std::io::Error),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -96,6 +100,19 @@ pub async fn run(
     })?;
     tracing::info!(streams = store.list().len(), elapsed = ?started.elapsed(), "store opened");
     let store = Arc::new(store);
+    // Exports run on their own thread and runtime: an upload never holds
+    // up the protocol thread.
+    let exports = ExportThread::start(
+        Arc::clone(&store),
+        ExportSettings {
+            uploads_at_once: config.exporter_thread_pool_size,
+            max_bandwidth_kbps: config.exporter_max_bandwidth_kbps,
+            iot_analytics_to_kinesis: config.iot_analytics_to_kinesis.clone(),
+            retry: RetryPolicy::default(),
+        },
+        Arc::new(SystemClock),
+    )
+    .map_err(DaemonError::Exports)?;
     let addr = SocketAddr::new(config.bind_address, config.port);
     let listener = TcpListener::bind(addr)
         .await
@@ -124,6 +141,12 @@ pub async fn run(
         if let Err(e) = task.await {
             tracing::error!(error = %e, "{what} task failed");
         }
+    }
+    // Exports stop at their next step (a batch in flight is sent again
+    // after the restart); blocking, so off the protocol thread's runtime.
+    let stopped = tokio::task::spawn_blocking(move || exports.stop()).await;
+    if let Err(e) = stopped {
+        tracing::error!(error = %e, "stopping the exports failed");
     }
     // Connections are closed: make everything acknowledged durable.
     store.sync_all().await;

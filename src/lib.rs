@@ -54,11 +54,21 @@
 //!   written once, in the [`store::stream`] module doc. Reads and describes
 //!   have no side effects that can fail them: TTL removal is the writer's
 //!   and the sweeper's.
-//! * Exporters (being built, nothing is sent to the cloud yet): they read
-//!   the store only through [`store::export_reader`] (no side effects,
-//!   durable messages only, gaps reported, registry events), and keep their
-//!   progress in [`export::cursor`] (one atomically written, checksummed
-//!   file per stream, beside its segments).
+//! * [`export`]: the exporters, on a thread and runtime of their own
+//!   ([`export::manager::ExportThread`]), so an upload never holds up the
+//!   protocol thread. The [`export::manager`] starts, replaces and stops
+//!   one [`export::pipeline`] per (stream, export) from the store's
+//!   registry events; each pipeline goes cursor → batch → send → retry →
+//!   advance, behind the small [`export::destination::Destination`] trait
+//!   ([`export::kinesis`], [`export::iot_analytics`], on the AWS SDK for
+//!   Rust configured in [`export::aws`], its own retries off so the
+//!   backoff is the pipeline's), through one [`export::gate`] (uploads at
+//!   once, bandwidth cap, priority order). Pipelines read the store only
+//!   through [`store::export_reader`] (no side effects, durable messages
+//!   only, gaps reported, registry events), and keep their progress with
+//!   the stream ([`store::export_cursor`]: one atomically written,
+//!   checksummed file beside its segments, loaded when the store opens, so
+//!   describe's `exportStatuses` are right from the first moment).
 //! * [`auth`]: client tokens. [`config`]: the Java server's environment
 //!   variables. [`clock`]: wall time, passed in. [`daemon`]: lifecycle.
 //! * [`mod@bench`]: `weir bench`, a native load generator, and a server that

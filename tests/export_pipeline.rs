@@ -110,7 +110,7 @@ impl Destination for Cloud {
                 .requests
                 .push(records.iter().map(|r| r.sequence_number).collect());
             if let Some(poison) = &state.poison {
-                if records.iter().any(|r| &r.payload == poison) {
+                if records.iter().any(|r| r.payload == *poison) {
                     return Err(SendError::InvalidRequest("1 validation error".into()));
                 }
             }

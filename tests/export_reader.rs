@@ -470,3 +470,21 @@ async fn a_segment_removed_under_a_read_is_reported_as_a_gap() {
     assert_eq!(sequence_numbers(&batch), [4, 5, 6, 7]);
     assert_eq!(batch.durable_next, 8, "message 8 is not synced");
 }
+
+/// The segment being written holds durable messages and, after them, an
+/// append still waiting to be written: a read of the durable ones stops
+/// where the written part ends (it found the segment "cut short" before).
+#[tokio::test]
+async fn a_read_up_to_the_written_end_of_the_active_segment_is_not_damage() {
+    let fs = SimulatedFs::new();
+    let clock = Arc::new(ManualClock::new(T0));
+    let store = file_store(&fs, clock, None);
+    append(&store, 0);
+    append(&store, 1);
+    store.sync_all().await;
+    let _waiting = store.append("s", Bytes::from(vec![2; 200])).unwrap();
+    let reader = store.export_reader("s").unwrap();
+    let batch = reader.read(0, ALL, ALL).expect("the durable messages read");
+    assert_eq!(sequence_numbers(&batch), vec![0, 1]);
+    assert_eq!(batch.durable_next, 2);
+}

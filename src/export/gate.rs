@@ -136,17 +136,14 @@ impl UploadGate {
                 changed.await;
                 continue;
             }
-            match self.take_bandwidth(&mut to_take) {
-                Some(wait_until) => {
-                    // Between bursts a higher-priority arrival may take the
-                    // head; then this one waits its turn again.
-                    tokio::select! {
-                        () = tokio::time::sleep_until(wait_until) => {}
-                        () = &mut changed => {}
-                    }
-                    continue;
+            if let Some(wait_until) = self.take_bandwidth(&mut to_take) {
+                // Between bursts a higher-priority arrival may take the
+                // head; then this one waits its turn again.
+                tokio::select! {
+                    () = tokio::time::sleep_until(wait_until) => {}
+                    () = &mut changed => {}
                 }
-                None => {}
+                continue;
             }
             let slot = tokio::select! {
                 slot = Arc::clone(&self.slots).acquire_owned() => slot,

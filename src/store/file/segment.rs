@@ -505,6 +505,12 @@ impl Records<'_> {
             offset += header.total_len();
             seq += 1;
         }
+        if out.len() == max_count {
+            // All that was asked for: the messages after it may still wait
+            // to be written (an exporter reads the active segment up to its
+            // durable end), and none of them was looked for.
+            return Ok(false);
+        }
         if seq < self.info.next_sequence_number {
             // The file ends before the messages its index says it holds.
             return Err(corrupt(

@@ -1,0 +1,93 @@
+//! The AWS SDK for Rust as the exporters use it: one shared configuration
+//! from `aws-config`'s default chain (environment, profile, and the
+//! container credentials provider that the Greengrass token exchange
+//! service feeds through `AWS_CONTAINER_CREDENTIALS_FULL_URI` and
+//! `AWS_CONTAINER_AUTHORIZATION_TOKEN`), the standard `AWS_ENDPOINT_URL`,
+//! `AWS_ENDPOINT_URL_KINESIS` and `AWS_ENDPOINT_URL_IOTANALYTICS`
+//! overrides, and one HTTPS client (rustls with ring) that follows
+//! `HTTPS_PROXY` / `HTTP_PROXY` / `NO_PROXY`.
+//!
+//! The SDK's own retries are off (`RetryConfig::disabled()`: one attempt
+//! per call), so every retry and its backoff are the pipeline's own
+//! ([`super::pipeline::RetryPolicy`]) and none hides a failure from the
+//! export status. Each attempt is bounded in time, so a connection that
+//! hangs is a timeout (retried), never a pipeline stuck for ever.
+
+use super::destination::SendError;
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_config::BehaviorVersion;
+use aws_sdk_kinesis::config::http::HttpResponse;
+use aws_sdk_kinesis::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_smithy_http_client::proxy::ProxyConfig;
+use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
+use aws_smithy_http_client::{Builder, Connector};
+use std::time::Duration;
+
+/// How long one connection attempt may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one call may take, all of it.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The configuration every exporter's client is made from.
+pub async fn load_sdk_config() -> aws_config::SdkConfig {
+    let http_client = Builder::new().build_with_connector_fn(|settings, components| {
+        let mut connector = Connector::builder();
+        connector.set_connector_settings(settings.cloned());
+        if let Some(components) = components {
+            connector.set_sleep_impl(components.sleep_impl());
+        }
+        connector
+            .proxy_config(ProxyConfig::from_env())
+            .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))
+            .build()
+    });
+    aws_config::defaults(BehaviorVersion::latest())
+        .http_client(http_client)
+        .retry_config(RetryConfig::disabled())
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(CONNECT_TIMEOUT)
+                .operation_attempt_timeout(ATTEMPT_TIMEOUT)
+                .build(),
+        )
+        .load()
+        .await
+}
+
+/// An SDK error as a [`super::destination::SendError`]: `code` and `status`
+/// of a service's answer (if it answered) decide, with `invalid` naming the
+/// codes that mean "this request can never succeed as it is".
+///
+/// Both SDK crates build on the same smithy runtime types, named here
+/// through the Kinesis crate's re-exports.
+pub fn classify<E>(
+    error: &SdkError<E, HttpResponse>,
+    invalid: &[&str],
+    transient: &[&str],
+) -> SendError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    match error {
+        SdkError::ServiceError(service) => {
+            let code = service.err().code().unwrap_or("UnknownError");
+            let message = service.err().message().unwrap_or("");
+            let status = service.raw().status().as_u16();
+            let text = format!("{code} (HTTP {status}): {message}");
+            if invalid.contains(&code) {
+                SendError::InvalidRequest(text)
+            } else if transient.contains(&code) || status >= 500 || status == 429 {
+                SendError::Transient(text)
+            } else {
+                SendError::Unavailable(text)
+            }
+        }
+        SdkError::TimeoutError(_) => SendError::Transient("no answer in time".into()),
+        SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
+            SendError::Transient(format!("{}", DisplayErrorContext(error)))
+        }
+        // No region, no credentials, a request that cannot be built.
+        _ => SendError::Unavailable(format!("{}", DisplayErrorContext(error))),
+    }
+}

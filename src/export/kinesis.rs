@@ -1,0 +1,135 @@
+//! Kinesis Data Streams: PutRecords to the export's `kinesisStreamName`.
+//! The data is the message's payload; each record gets a random partition
+//! key, as the Java server does (records spread over the shards; order
+//! across shards is not Kinesis's promise anyway).
+//!
+//! Limits (PutRecords): 500 records and 5 MiB (data and partition keys) a
+//! call. A record's data may be at most 1 MiB by default, or 10 MiB on a
+//! stream configured for it (October 2025): weir does not guess which, it
+//! lets the service say. A call holding a record too large is refused
+//! whole (`ValidationException`); the pipeline narrows it down to that
+//! record and skips it. Only a record no stream could take (over 10 MiB)
+//! is refused before sending.
+//!
+//! Failed entries of a partly failed call (`ProvisionedThroughputExceeded`,
+//! `InternalFailure`, KMS trouble on an encrypted stream) are all sent
+//! again: none of them says the record itself is bad.
+
+use super::aws::classify;
+use super::destination::{Destination, Record, SendError, SendLimits, Sent};
+use aws_sdk_kinesis::primitives::Blob;
+use aws_sdk_kinesis::types::PutRecordsRequestEntry;
+use futures_util::future::BoxFuture;
+
+pub const MAX_RECORDS: usize = 500;
+pub const MAX_REQUEST_BYTES: usize = 5 << 20;
+/// The largest record data any Kinesis stream takes.
+pub const MAX_RECORD_BYTES: usize = 10 << 20;
+/// Hex digits of a random partition key (128 bits).
+const PARTITION_KEY_LEN: usize = 32;
+
+/// Codes meaning the request can never succeed as it is.
+const INVALID: &[&str] = &["ValidationException", "InvalidArgumentException"];
+/// Codes worth a quick retry (besides every 5xx).
+const TRANSIENT: &[&str] = &[
+    "ProvisionedThroughputExceededException",
+    "LimitExceededException",
+    "ThrottlingException",
+    "InternalFailure",
+    "ServiceUnavailable",
+    "KMSThrottlingException",
+];
+
+pub struct KinesisDestination {
+    client: aws_sdk_kinesis::Client,
+    stream_name: String,
+}
+
+impl KinesisDestination {
+    pub fn new(config: &aws_config::SdkConfig, stream_name: &str) -> Self {
+        KinesisDestination {
+            client: aws_sdk_kinesis::Client::new(config),
+            stream_name: stream_name.to_owned(),
+        }
+    }
+}
+
+/// A fresh random partition key.
+fn partition_key() -> String {
+    let mut bytes = [0u8; PARTITION_KEY_LEN / 2];
+    // The key only spreads records over shards: without the OS's
+    // randomness, a fixed one still delivers every record.
+    let _ = getrandom::fill(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Destination for KinesisDestination {
+    fn describe(&self) -> String {
+        format!("Kinesis stream {}", self.stream_name)
+    }
+
+    fn limits(&self) -> SendLimits {
+        SendLimits {
+            max_records: MAX_RECORDS,
+            max_request_bytes: MAX_REQUEST_BYTES,
+        }
+    }
+
+    fn refuses(&self, record: &Record) -> Option<String> {
+        (record.payload.len() > MAX_RECORD_BYTES).then(|| {
+            format!(
+                "{} bytes is more than any Kinesis record may hold ({MAX_RECORD_BYTES})",
+                record.payload.len()
+            )
+        })
+    }
+
+    fn request_bytes(&self, record: &Record) -> usize {
+        record.payload.len() + PARTITION_KEY_LEN
+    }
+
+    fn send<'a>(&'a self, records: &'a [Record]) -> BoxFuture<'a, Result<Sent, SendError>> {
+        Box::pin(async move {
+            let entries = records
+                .iter()
+                .map(|r| {
+                    PutRecordsRequestEntry::builder()
+                        .data(Blob::new(r.payload.to_vec()))
+                        .partition_key(partition_key())
+                        .build()
+                        .map_err(|e| SendError::Unavailable(format!("building the request: {e}")))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let output = self
+                .client
+                .put_records()
+                .stream_name(&self.stream_name)
+                .set_records(Some(entries))
+                .send()
+                .await
+                .map_err(|e| classify(&e, INVALID, TRANSIENT))?;
+            if output.failed_record_count().unwrap_or(0) == 0 {
+                return Ok(Sent::default());
+            }
+            if output.records().len() != records.len() {
+                // Not what Kinesis answers: trust none of it, send all again.
+                return Err(SendError::Transient(format!(
+                    "PutRecords answered {} entries for {} records",
+                    output.records().len(),
+                    records.len()
+                )));
+            }
+            let retry = output
+                .records()
+                .iter()
+                .enumerate()
+                .filter(|(_, entry)| entry.error_code().is_some())
+                .map(|(i, _)| i)
+                .collect();
+            Ok(Sent {
+                retry,
+                rejected: Vec::new(),
+            })
+        })
+    }
+}
