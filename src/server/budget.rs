@@ -223,19 +223,30 @@ mod tests {
         a.shrink_to(10);
         assert_eq!(budget.reserved(), 10);
         assert!(a.try_fit(90));
-        assert!(
-            !a.try_fit(101) || a.bytes() == 100,
-            "at most the whole budget"
-        );
+        assert!(a.try_fit(101), "fitted to the whole budget");
+        assert_eq!(a.bytes(), 100, "at most the whole budget");
         let b = budget.none();
         a.merge(b);
         drop(a);
         assert_eq!(budget.reserved(), 0);
         let whole = budget.take(1000).await;
-        assert_eq!(
-            whole.bytes(),
-            100,
-            "a take above the budget takes all of it"
+        assert_eq!(whole.bytes(), 100, "a take above the budget takes all");
+    }
+
+    #[tokio::test]
+    async fn holders_learn_when_someone_waits() {
+        let budget = ByteBudget::new(10);
+        let all = budget.try_take(10).unwrap();
+        let mut contended = Box::pin(budget.contended());
+        assert!(
+            (&mut contended).now_or_never().is_none(),
+            "no one waits yet"
         );
+        let mut waiting = Box::pin(budget.take(1));
+        assert!((&mut waiting).now_or_never().is_none());
+        assert!(contended.now_or_never().is_some(), "woken by the taker");
+        drop(all);
+        assert_eq!(waiting.await.bytes(), 1);
+        assert!(!budget.is_contended());
     }
 }

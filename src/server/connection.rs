@@ -729,9 +729,11 @@ fn carry_out(decoded: Decoded, ctx: &ServerContext) -> Step {
 /// answer budget: it builds its answer in the poll that finds the messages,
 /// so every poll may. Between polls that find nothing it holds none, so
 /// reads waiting for messages do not take the budget from everyone else.
-/// (A read that finds its messages gone to a sealed segment meanwhile reads
-/// them across polls; it holds no budget while the disk is read, and takes
-/// the rest, if free, when its answer is queued.)
+/// While it waits for budget it is not polled, so its timeout answer waits
+/// too, like every other answer then. (A read that finds its messages gone
+/// to a sealed segment meanwhile reads them across polls; it holds no
+/// budget while the disk is read, and takes the rest, if free, when its
+/// answer is queued.)
 struct WhileReserved {
     wait: Pending,
     held: Option<Reserved>,
