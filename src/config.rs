@@ -24,6 +24,8 @@
 //! | `WEIR_MAX_HANDSHAKING` | 64 | sockets still in their handshake; one more closes the oldest |
 //! | `WEIR_MAX_RECEIVING_BYTES` | 67108864 | bytes of partly received large request frames, all connections together |
 //! | `WEIR_MAX_QUEUED_BYTES` | 8388608 | answer bytes waiting for one client to read them before its requests stop being read |
+//! | `WEIR_MAX_ANSWER_BYTES` | 67108864 | answer bytes being built or waiting to be written, all connections together; reserved before an answer is built (a read: `WEIR_MAX_READ_BYTES`); a connection that cannot get them stops being read meanwhile; at least `WEIR_MAX_READ_BYTES` |
+//! | `WEIR_ANSWER_STALL_TIMEOUT_MS` | 5000 | while a connection waits for that budget, one whose client takes none of its answers for this long is closed |
 //! | `WEIR_MAX_IN_FLIGHT` | 1024 | requests of one connection being carried out or waiting (flushOnWrite appends, long-polls) |
 //! | `WEIR_MAX_LONG_POLLS_PER_CONNECTION` | 16 | reads waiting for messages on one connection; more are answered at once |
 //! | `WEIR_MAX_LONG_POLLS` | 256 | reads waiting for messages, all connections together |
@@ -118,7 +120,15 @@ impl Config {
                 reason: format!("must be between 64 and {MAX_FRAME_LEN}"),
             });
         }
-        let limits = server_limits(&get, max_frame_len)?;
+        let max_read_bytes = parse(
+            "WEIR_MAX_READ_BYTES",
+            get("WEIR_MAX_READ_BYTES"),
+            DEFAULT_MAX_READ_BYTES,
+        )?
+        // Room for the answer's own keys, request id and stream name
+        // below the protocol's frame limit, which clients enforce.
+        .clamp(1, MAX_FRAME_LEN - 64 * 1024);
+        let limits = server_limits(&get, max_frame_len, max_read_bytes)?;
         let pool = get("STREAM_MANAGER_EXPORTER_THREAD_POOL_SIZE")
             .or_else(|| get("STREAM_MANAGER_THREAD_POOL_SIZE"));
         Ok(Config {
@@ -159,14 +169,7 @@ impl Config {
                 5_242_880,
             )?,
             log_level: get("LOG_LEVEL").unwrap_or_else(|| "INFO".into()),
-            max_read_bytes: parse(
-                "WEIR_MAX_READ_BYTES",
-                get("WEIR_MAX_READ_BYTES"),
-                DEFAULT_MAX_READ_BYTES,
-            )?
-            // Room for the answer's own keys, request id and stream name
-            // below the protocol's frame limit, which clients enforce.
-            .clamp(1, MAX_FRAME_LEN - 64 * 1024),
+            max_read_bytes,
             sync_interval: std::time::Duration::from_millis(
                 parse(
                     "WEIR_SYNC_INTERVAL_MS",
@@ -252,6 +255,7 @@ fn positive(name: &'static str, value: usize) -> Result<usize, ConfigError> {
 fn server_limits(
     get: &impl Fn(&str) -> Option<String>,
     max_frame_len: usize,
+    max_read_bytes: usize,
 ) -> Result<ServerLimits, ConfigError> {
     let d = ServerLimits::default();
     let count = |name: &'static str, default: usize| -> Result<usize, ConfigError> {
@@ -267,6 +271,10 @@ fn server_limits(
         shutdown_timeout: millis("WEIR_SHUTDOWN_TIMEOUT_MS", d.shutdown_timeout)?,
         max_receiving_bytes: count("WEIR_MAX_RECEIVING_BYTES", d.max_receiving_bytes)?,
         max_queued_bytes: count("WEIR_MAX_QUEUED_BYTES", d.max_queued_bytes)?,
+        max_answer_bytes: count("WEIR_MAX_ANSWER_BYTES", d.max_answer_bytes)?,
+        // The store's limit, which a read reserves before it is carried out.
+        max_read_bytes,
+        answer_stall_timeout: millis("WEIR_ANSWER_STALL_TIMEOUT_MS", d.answer_stall_timeout)?,
         max_in_flight: count("WEIR_MAX_IN_FLIGHT", d.max_in_flight)?,
         max_long_polls_per_connection: count(
             "WEIR_MAX_LONG_POLLS_PER_CONNECTION",
@@ -281,6 +289,15 @@ fn server_limits(
             name: "WEIR_MAX_RECEIVING_BYTES",
             value: limits.max_receiving_bytes.to_string(),
             reason: format!("must be at least WEIR_MAX_FRAME_BYTES ({max_frame_len})"),
+        });
+    }
+    // A read reserves its answer's bound before it is carried out: with a
+    // smaller budget, every read would wait for all of it.
+    if limits.max_answer_bytes < max_read_bytes {
+        return Err(ConfigError {
+            name: "WEIR_MAX_ANSWER_BYTES",
+            value: limits.max_answer_bytes.to_string(),
+            reason: format!("must be at least WEIR_MAX_READ_BYTES ({max_read_bytes})"),
         });
     }
     Ok(limits)
@@ -349,6 +366,8 @@ mod tests {
             "WEIR_MAX_HANDSHAKING",
             "WEIR_MAX_RECEIVING_BYTES",
             "WEIR_MAX_QUEUED_BYTES",
+            "WEIR_MAX_ANSWER_BYTES",
+            "WEIR_ANSWER_STALL_TIMEOUT_MS",
             "WEIR_MAX_IN_FLIGHT",
             "WEIR_MAX_LONG_POLLS_PER_CONNECTION",
             "WEIR_MAX_LONG_POLLS",
@@ -366,6 +385,19 @@ mod tests {
                 .name,
             "WEIR_MAX_RECEIVING_BYTES",
             "a budget below the frame limit"
+        );
+        assert_eq!(
+            config(&[("WEIR_MAX_ANSWER_BYTES", "1000")])
+                .unwrap_err()
+                .name,
+            "WEIR_MAX_ANSWER_BYTES",
+            "an answer budget below the read limit"
+        );
+        let c = config(&[("WEIR_MAX_READ_BYTES", "5000")]).unwrap();
+        assert_eq!(
+            (c.max_read_bytes, c.limits.max_read_bytes),
+            (5000, 5000),
+            "reads reserve what the store lets them take"
         );
     }
 }

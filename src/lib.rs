@@ -25,9 +25,12 @@
 //!   the one exhaustive `match` over operations and the one place a store
 //!   error becomes a wire status. Every resource a client can make weir
 //!   hold is bounded in bytes or count ([`server::ServerLimits`]): bytes of
-//!   requests being received (server-wide) and of answers queued (per
-//!   connection), requests in flight, long-polls, connections and sockets
-//!   still in their handshake. Work that waits on the disk (create, delete,
+//!   requests being received (server-wide), bytes of answers (server-wide:
+//!   reserved before an answer is built, held until its frame is written;
+//!   a connection that cannot get them waits unread, and while one waits,
+//!   connections whose clients take none of their answers for a while are
+//!   closed) and of answers queued (per connection), requests in flight,
+//!   long-polls, connections and sockets still in their handshake. Work that waits on the disk (create, delete,
 //!   update, reads of sealed segments) runs on tokio's blocking pool, so the
 //!   one protocol thread keeps serving every other connection.
 //! * [`store`]: the stream registry and each stream's state under one lock

@@ -32,6 +32,7 @@ const HANG: Duration = Duration::from_secs(30);
 
 struct Server {
     addr: std::net::SocketAddr,
+    ctx: Arc<ServerContext>,
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<()>,
 }
@@ -53,12 +54,13 @@ async fn start(
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(weir::server::run(
         listener,
-        ctx,
+        Arc::clone(&ctx),
         max_connections,
         shutdown.clone(),
     ));
     Server {
         addr,
+        ctx,
         shutdown,
         task,
     }
@@ -396,6 +398,200 @@ async fn answers_for_a_client_that_does_not_read_are_bounded_in_bytes() {
     }
     assert_eq!(*handler.reads.lock().unwrap(), REQUESTS);
     assert_eq!(logs.count("answers wait for the client"), 1, "logged once");
+}
+
+/// Sends `count` reads on `socket` at once (the socket buffers take them).
+async fn send_reads(socket: &mut TcpStream, count: usize) {
+    let mut wire = Vec::new();
+    for i in 0..count {
+        let payload = read(&format!("r{i}"), "s", 0, 1, 0);
+        wire.extend(((1 + payload.len()) as i32).to_be_bytes());
+        wire.push(5);
+        wire.extend(payload);
+    }
+    socket.write_all(&wire).await.unwrap();
+}
+
+/// Waits (yielding to the server) until `done` holds.
+async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    tokio::time::timeout(HANG, async {
+        while !done() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("never: {what}"));
+}
+
+/// Limits under which clients that read no answers exhaust the server's
+/// answer budget (six answers of 1 MiB) long before their own queue budget.
+fn answer_budget_limits(stall: Duration) -> ServerLimits {
+    ServerLimits {
+        max_answer_bytes: 6 << 20,
+        max_read_bytes: (1 << 20) + 4096,
+        max_queued_bytes: 64 << 20,
+        answer_stall_timeout: stall,
+        ..ServerLimits::default()
+    }
+}
+
+#[tokio::test]
+async fn clients_that_do_not_read_hold_at_most_the_servers_answer_budget() {
+    let (logs, _guard) = Logs::capture();
+    const ANSWER: usize = 1 << 20;
+    const CLIENTS: usize = 8;
+    const REQUESTS: usize = 64;
+    let handler = Arc::new(BigReads {
+        payload: vec![7u8; ANSWER].into(),
+        reads: Mutex::new(0),
+    });
+    let limits = answer_budget_limits(Duration::from_secs(3600));
+    let budget = limits.max_answer_bytes;
+    let server = start(handler.clone(), limits, 64).await;
+    let mut hogs = Vec::new();
+    for _ in 0..CLIENTS {
+        let mut socket = connect(server.addr).await;
+        send_reads(&mut socket, REQUESTS).await;
+        hogs.push(socket);
+    }
+    // Each could queue 64 MiB on its own; together they stop at the
+    // server's budget and wait for it.
+    logs.wait_for("the server's answer budget is spent").await;
+    wait_until("the budget is taken", || {
+        server.ctx.answer_bytes_reserved() > budget - 2 * ANSWER
+    })
+    .await;
+    for _ in 0..1000 {
+        let reserved = server.ctx.answer_bytes_reserved();
+        assert!(reserved <= budget, "{reserved} bytes of answers held");
+        tokio::task::yield_now().await;
+    }
+    let built = *handler.reads.lock().unwrap();
+    assert!(
+        built < CLIENTS * REQUESTS,
+        "{built} answers built for clients that do not read"
+    );
+    assert!(
+        logs.count("the server's answer budget is spent") <= CLIENTS,
+        "logged once per connection"
+    );
+    assert_eq!(
+        logs.count("closing this connection"),
+        0,
+        "no stall timeout yet"
+    );
+    // Clients that go away give every byte back.
+    drop(hogs);
+    wait_until("every reservation is given back", || {
+        server.ctx.answer_bytes_reserved() == 0
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_client_is_served_once_clients_that_do_not_read_are_closed() {
+    let (logs, _guard) = Logs::capture();
+    const ANSWER: usize = 1 << 20;
+    let handler = Arc::new(BigReads {
+        payload: vec![7u8; ANSWER].into(),
+        reads: Mutex::new(0),
+    });
+    // A short stall timeout, so the test does not wait long; nothing here
+    // depends on its length.
+    let server = start(
+        handler.clone(),
+        answer_budget_limits(Duration::from_millis(200)),
+        64,
+    )
+    .await;
+    let mut hogs = Vec::new();
+    for _ in 0..4 {
+        let mut socket = connect(server.addr).await;
+        send_reads(&mut socket, 64).await;
+        hogs.push(socket);
+    }
+    logs.wait_for("the server's answer budget is spent").await;
+    // A client that reads is served: the clients that do not are closed
+    // while it (or they) wait for the budget, and their answers' bytes are
+    // given back.
+    let mut client = connect(server.addr).await;
+    send_reads(&mut client, 3).await;
+    for _ in 0..3 {
+        let (op, payload) = tokio::time::timeout(HANG, read_frame(&mut client))
+            .await
+            .expect("the reading client is served");
+        assert_eq!((op, payload.len() > ANSWER), (10, true));
+    }
+    logs.wait_for("closing this connection").await;
+    let closed = logs.count("closing this connection");
+    assert!(
+        (1..=4).contains(&closed),
+        "{closed}: once per connection closed"
+    );
+    drop(hogs);
+    drop(client);
+    wait_until("every reservation is given back", || {
+        server.ctx.answer_bytes_reserved() == 0
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn every_answer_path_gives_its_answer_budget_back() {
+    let store = memory_store(1 << 20);
+    let limits = ServerLimits {
+        max_long_polls_per_connection: 1,
+        ..ServerLimits::default()
+    };
+    let server = start(Arc::new(StoreHandler(Arc::clone(&store))), limits, 8).await;
+    let ctx = Arc::clone(&server.ctx);
+    let idle = || ctx.answer_bytes_reserved() == 0;
+    let mut socket = connect(server.addr).await;
+    // In order (create), at batch end (append), now (read, and an error).
+    create_stream(&mut socket, "s", false, false).await;
+    wait_until("the create's budget is back", idle).await;
+    append_ok(&mut socket, "s", b"one").await;
+    wait_until("the append's budget is back", idle).await;
+    write_frame(&mut socket, 5, &read("now", "s", 0, 1, 0)).await;
+    assert_eq!(messages(&read_frame(&mut socket).await.1), 1);
+    write_frame(&mut socket, 5, &read("none", "missing", 0, 1, 0)).await;
+    assert_eq!(int(&read_frame(&mut socket).await.1, "status"), Some(5));
+    wait_until("the reads' budget is back", idle).await;
+    // A long-poll, and one past the limit answered at once (give up).
+    write_frame(&mut socket, 5, &read("wait", "s", 1, 1, 60_000)).await;
+    write_frame(&mut socket, 5, &read("give-up", "s", 1, 1, 60_000)).await;
+    let (_, payload) = read_frame(&mut socket).await;
+    assert_eq!(text(&payload, "requestId").as_deref(), Some("give-up"));
+    wait_until("a waiting read holds no budget", idle).await;
+    append_ok(&mut socket, "s", b"two").await;
+    let (_, payload) = read_frame(&mut socket).await;
+    assert_eq!(text(&payload, "requestId").as_deref(), Some("wait"));
+    wait_until("the long-poll's budget is back", idle).await;
+    // Later (a flushOnWrite append waiting for its sync).
+    let disk: Arc<SlowDisk> = Arc::default();
+    let slow = start(
+        Arc::new(SlowSyncs(Arc::clone(&disk))),
+        ServerLimits::default(),
+        8,
+    )
+    .await;
+    let mut slow_socket = connect(slow.addr).await;
+    write_frame(&mut slow_socket, 4, &append("later", "s", b"x")).await;
+    wait_until("the waiting append holds its reservation", || {
+        slow.ctx.answer_bytes_reserved() > 0
+    })
+    .await;
+    disk.release.notify_one();
+    assert_eq!(read_frame(&mut slow_socket).await.0, 9);
+    wait_until("the later answer's budget is back", || {
+        slow.ctx.answer_bytes_reserved() == 0
+    })
+    .await;
+    // A long-poll dropped with its connection.
+    write_frame(&mut socket, 5, &read("dropped", "s", 9, 1, 60_000)).await;
+    drop(socket);
+    drop(slow_socket);
+    wait_until("every reservation is given back", idle).await;
 }
 
 #[tokio::test]

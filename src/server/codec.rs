@@ -6,7 +6,7 @@
 //! read. A larger frame gets a buffer of its own that grows as its bytes
 //! arrive, never to more than four times what has arrived (at least
 //! [`CHUNK`]), and every growth is first taken from a server-wide budget (a
-//! semaphore of bytes): a frame that declares a huge length and then stalls
+//! [`ByteBudget`]): a frame that declares a huge length and then stalls
 //! holds about what it sent, and when the budget is spent a connection
 //! waits (stops being read) instead of allocating. The buffer becomes the
 //! frame without a copy, and its budget is given back. A frame above the
@@ -16,12 +16,11 @@
 //! [`FrameCodec`] is the `tokio_util` decoder the benchmark client reads
 //! answers with.
 
+use super::budget::{ByteBudget, Reserved};
 use crate::protocol::frame::{RawFrame, HEADER_LEN};
 use crate::protocol::{FrameError, MAX_FRAME_LEN};
 use bytes::{Buf, Bytes, BytesMut};
-use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncReadExt};
-use tokio::sync::Semaphore;
 
 /// What a connection buffers without budget: the frames of ordinary
 /// requests, many of them per read.
@@ -80,23 +79,24 @@ pub struct FrameReader<R> {
     large: Option<LargeFrame>,
     skipping: Option<Skipping>,
     max_frame_len: usize,
-    budget: Arc<Semaphore>,
-    /// Permits of `budget` this reader holds.
-    held: usize,
+    budget: ByteBudget,
+    /// What this reader holds of `budget`.
+    held: Reserved,
     /// The first wait for budget is logged, not every one.
     waited: bool,
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
-    pub fn new(reader: R, max_frame_len: usize, budget: Arc<Semaphore>) -> Self {
+    pub fn new(reader: R, max_frame_len: usize, budget: impl Into<ByteBudget>) -> Self {
+        let budget = budget.into();
         FrameReader {
+            held: budget.none(),
             reader,
             buf: BytesMut::new(),
             large: None,
             skipping: None,
             max_frame_len,
             budget,
-            held: 0,
             waited: false,
         }
     }
@@ -186,11 +186,11 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                             capacity = large.total;
                         }
                         let growth = capacity - large.buf.capacity();
-                        take_budget(&self.budget, growth, &mut self.waited).await;
+                        let more = take_budget(&self.budget, growth, &mut self.waited).await;
                         // Only now that the budget is ours: bookkeeping and
                         // allocation happen in one step, so a cancelled
                         // wait leaves nothing behind.
-                        self.held += growth;
+                        self.held.merge(more);
                         let large = self.large.as_mut().expect("still receiving");
                         large.buf.reserve_exact(capacity - large.buf.len());
                         if large.buf.is_empty() {
@@ -220,14 +220,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     }
 
     fn give_back(&mut self) {
-        self.budget.add_permits(self.held);
-        self.held = 0;
-    }
-}
-
-impl<R> Drop for FrameReader<R> {
-    fn drop(&mut self) {
-        self.budget.add_permits(self.held);
+        self.held.shrink_to(0);
     }
 }
 
@@ -296,26 +289,19 @@ fn cbor_text(bytes: &[u8], at: &mut usize) -> Option<String> {
 }
 
 /// Waits until `size` bytes of the server-wide budget are free and takes
-/// them (they are given back with `add_permits`).
-async fn take_budget(budget: &Semaphore, size: usize, waited: &mut bool) {
-    let size = u32::try_from(size).expect("frames, and so their growth, stay below 2^31 bytes");
-    let permits = match budget.try_acquire_many(size) {
-        Ok(permits) => permits,
-        Err(_) => {
-            if !*waited {
-                *waited = true;
-                tracing::warn!(
-                    "the server's budget for receiving large requests is spent: \
-                     this connection waits for others' frames to complete"
-                );
-            }
-            budget
-                .acquire_many(size)
-                .await
-                .expect("the receive budget is never closed")
-        }
-    };
-    permits.forget();
+/// them.
+async fn take_budget(budget: &ByteBudget, size: usize, waited: &mut bool) -> Reserved {
+    if let Some(taken) = budget.try_take(size) {
+        return taken;
+    }
+    if !*waited {
+        *waited = true;
+        tracing::warn!(
+            "the server's budget for receiving large requests is spent: \
+             this connection waits for others' frames to complete"
+        );
+    }
+    budget.take(size).await
 }
 
 /// `tokio_util` framing over [`RawFrame`], for readers of answers (the
@@ -370,9 +356,9 @@ mod tests {
 
     #[tokio::test]
     async fn small_and_large_frames_come_out_whole_and_give_their_budget_back() {
-        let budget = Arc::new(Semaphore::new(1 << 20));
+        let budget = ByteBudget::new(1 << 20);
         let (mut client, server) = tokio::io::duplex(4096);
-        let mut reader = FrameReader::new(server, 1 << 20, Arc::clone(&budget));
+        let mut reader = FrameReader::new(server, 1 << 20, budget.clone());
         let large: Vec<u8> = (0..700_000u32).map(|i| i as u8).collect();
         let mut wire = frame(4, b"\xa0");
         wire.extend(frame(5, &large));
@@ -388,16 +374,16 @@ mod tests {
         assert!(second.payload == large, "the large payload is intact");
         let third = next_frame(&mut reader).await;
         assert_eq!((third.op, &third.payload[..]), (6, &b"\xa1"[..]));
-        assert_eq!(budget.available_permits(), 1 << 20);
+        assert_eq!(budget.total() - budget.reserved(), 1 << 20);
         drop(writer.await.unwrap());
         assert!(reader.next().await.is_none(), "clean end between frames");
     }
 
     #[tokio::test]
     async fn a_stalled_huge_frame_holds_about_what_it_sent() {
-        let budget = Arc::new(Semaphore::new(64 << 20));
+        let budget = ByteBudget::new(64 << 20);
         let (mut client, server) = tokio::io::duplex(1 << 20);
-        let mut reader = FrameReader::new(server, 1 << 30, Arc::clone(&budget));
+        let mut reader = FrameReader::new(server, 1 << 30, budget.clone());
         // Declares 1 GiB, sends 300 KiB of it, then stalls.
         let mut wire = ((1u32 << 30) as i32).to_be_bytes().to_vec();
         wire.push(4);
@@ -407,14 +393,14 @@ mod tests {
             reader.next().now_or_never().is_none(),
             "the frame is not complete"
         );
-        let held = (64 << 20) - budget.available_permits();
+        let held = budget.reserved();
         assert!(
             held <= 4 * 300 * 1024,
             "{held} bytes of budget held for 300 KiB received"
         );
         drop(reader);
         assert_eq!(
-            budget.available_permits(),
+            budget.total() - budget.reserved(),
             64 << 20,
             "dropping gives it back"
         );
@@ -422,11 +408,11 @@ mod tests {
 
     #[tokio::test]
     async fn a_spent_budget_makes_the_reader_wait_until_it_is_given_back() {
-        let budget = Arc::new(Semaphore::new(2 * CHUNK));
+        let budget = ByteBudget::new(2 * CHUNK);
         let (mut a_client, a_server) = tokio::io::duplex(4 << 20);
         let (mut b_client, b_server) = tokio::io::duplex(4 << 20);
-        let mut a = FrameReader::new(a_server, 4 << 20, Arc::clone(&budget));
-        let mut b = FrameReader::new(b_server, 4 << 20, Arc::clone(&budget));
+        let mut a = FrameReader::new(a_server, 4 << 20, budget.clone());
+        let mut b = FrameReader::new(b_server, 4 << 20, budget.clone());
         // `a` gets far enough into a large frame to hold the whole budget
         // (its buffer grown twice), then stalls.
         let a_wire = frame(4, &vec![1u8; 4 * CHUNK]);
@@ -435,7 +421,7 @@ mod tests {
             .await
             .unwrap();
         assert!(a.next().now_or_never().is_none());
-        assert_eq!(budget.available_permits(), 0);
+        assert_eq!(budget.total() - budget.reserved(), 0);
         let payload = vec![7u8; CHUNK];
         b_client.write_all(&frame(4, &payload)).await.unwrap();
         let mut b_next = Box::pin(b.next());
@@ -449,9 +435,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_frame_above_the_limit_is_read_past_keeping_only_its_head() {
-        let budget = Arc::new(Semaphore::new(1 << 20));
+        let budget = ByteBudget::new(1 << 20);
         let (mut client, server) = tokio::io::duplex(64 * 1024);
-        let mut reader = FrameReader::new(server, 100_000, Arc::clone(&budget));
+        let mut reader = FrameReader::new(server, 100_000, budget.clone());
         let mut w = crate::protocol::cbor::Writer::default();
         w.map(3)
             .kv_text("requestId", "too-big")
@@ -470,7 +456,11 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert_eq!(budget.available_permits(), 1 << 20, "nothing was budgeted");
+        assert_eq!(
+            budget.total() - budget.reserved(),
+            1 << 20,
+            "nothing was budgeted"
+        );
         assert_eq!(
             next_frame(&mut reader).await.op,
             11,

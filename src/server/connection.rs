@@ -13,29 +13,39 @@
 //! through one writer task, which writes whole frames, coalescing those that
 //! are ready, and never splits one (PROTOCOL.md 3.3).
 //!
-//! Memory is bounded by bytes ([`super::ServerLimits`]): answers waiting for
-//! the writer hold budget from the connection's queue budget, and a batch
-//! stops carrying out requests once its answers reach `BATCH_ANSWER_BYTES`;
-//! when the budget is spent the connection stops reading requests until the
-//! client reads. Requests waiting to be answered take room in flight; when
-//! there is none, the connection stops reading too. Long-polls past their
-//! limits are answered at once. Each limit a connection reaches is logged
-//! once for it.
+//! Memory is bounded by bytes ([`super::ServerLimits`]): before a request
+//! is carried out, what its answer can take is reserved from the server's
+//! answer budget (given back in part once the answer is built, in full once
+//! its frame is written or the connection ends); when there is not enough,
+//! the batch ends, its answers go out, and the connection waits for budget,
+//! reading nothing meanwhile. While a connection waits, one whose client
+//! does not take its answers is closed after `answer_stall_timeout`.
+//! Answers waiting for the writer also hold budget from the connection's
+//! queue budget, and a batch stops carrying out requests once its answers
+//! reach `BATCH_ANSWER_BYTES`; when the queue budget is spent the
+//! connection stops reading requests until the client reads. Requests
+//! waiting to be answered take room in flight; when there is none, the
+//! connection stops reading too. Long-polls past their limits are answered
+//! at once. Each limit a connection reaches is logged once for it.
 
+use super::budget::{ByteBudget, Reserved};
 use super::codec::{request_id_in_head, CodecError, FrameReader, Received};
 use super::dispatch::{Handled, Pending};
-use super::{HandshakeSlot, ServerContext};
+use super::{HandshakeSlot, ServerContext, ServerLimits};
 use crate::protocol::status::Operation;
 use crate::protocol::{
     ConnectRequest, ConnectResponse, DecodeError, Failure, ProtocolVersion, Reply, ReplyBody,
-    Request, StatusCode, CONNECT_VERSION,
+    Request, RequestBody, StatusCode, CONNECT_VERSION,
 };
 use bytes::{Bytes, BytesMut};
 use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, StreamExt};
 use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -57,6 +67,13 @@ const COALESCE_LIMIT: usize = 64 * 1024;
 const BATCH_ANSWER_BYTES: usize = 1 << 20;
 /// Requests carried out before their answers go out together.
 const MAX_BATCH: usize = 256;
+/// Answer budget a request other than a read, a listing or a describe
+/// takes before it is carried out (on top of its request id): a status and
+/// an error message.
+const SMALL_ANSWER: usize = 4 * 1024;
+/// The same for a listing or a describe, whose answers grow with the
+/// streams and their exports.
+const LISTING_ANSWER: usize = 64 * 1024;
 
 type Frames = FrameReader<OwnedReadHalf>;
 
@@ -76,6 +93,8 @@ enum ConnectionError {
     Protocol(String),
     #[error("the client stopped reading answers")]
     WriterGone,
+    #[error("the client took none of its answers for {0:?} while other connections waited for the server's answer budget")]
+    Stalled(Duration),
 }
 
 /// Serves one socket until the client leaves, `shutdown` (after the
@@ -180,7 +199,7 @@ async fn handshake(
         );
         return Err(refuse(writer, None, StatusCode::UnsupportedConnectVersion, message).await);
     }
-    let mut frames = FrameReader::new(reader, MAX_CONNECT_FRAME, Arc::clone(&ctx.receiving));
+    let mut frames = FrameReader::new(reader, MAX_CONNECT_FRAME, ctx.receiving.clone());
     let frame = match frames.next().await {
         Some(Ok(Received::Frame(frame))) => frame,
         Some(Ok(Received::TooLarge { len, .. })) => {
@@ -255,58 +274,85 @@ async fn send_connect_response(
 }
 
 /// An answer frame on its way to the socket, holding its share of the
-/// connection's queue budget until it is written.
+/// connection's queue budget and of the server's answer budget until it is
+/// written (or the connection ends).
 struct Queued {
     frame: Bytes,
-    _budget: OwnedSemaphorePermit,
+    _queue: Reserved,
+    _answer: Reserved,
 }
 
 /// Hands answers to the writer task, bounded by bytes.
 #[derive(Clone)]
 struct Answers {
     queue: mpsc::UnboundedSender<Queued>,
-    budget: Arc<Semaphore>,
-    max: usize,
+    /// The connection's queue budget.
+    budget: ByteBudget,
     /// Set once the client first lets its answers pile up (logged once).
     full: Arc<AtomicBool>,
+    /// Set once the connection first waits for the server's answer budget
+    /// (logged once).
+    throttled: Arc<AtomicBool>,
+    /// Cancelled when the writer task ends.
+    gone: CancellationToken,
 }
 
 impl Answers {
-    /// Queues `frame`, first waiting while the answers already queued take
-    /// the budget: the caller (the request loop) stops reading meanwhile. A
-    /// frame larger than the whole budget waits for all of it.
-    async fn send(&self, frame: Bytes) -> Result<(), ConnectionError> {
-        let share = u32::try_from(frame.len().min(self.max)).unwrap_or(u32::MAX);
-        let budget = match Arc::clone(&self.budget).try_acquire_many_owned(share) {
-            Ok(budget) => budget,
-            Err(_) => {
+    /// Queues `frame` with `answer`, its reservation of the server's
+    /// budget, first waiting while the answers already queued take the
+    /// connection's budget: the caller (the request loop) stops reading
+    /// meanwhile. A frame larger than the whole budget waits for all of it.
+    async fn send(&self, frame: Bytes, mut answer: Reserved) -> Result<(), ConnectionError> {
+        // An answer larger than what it reserved before it was built (one
+        // message above WEIR_MAX_READ_BYTES, a listing of thousands of
+        // streams) takes the rest if it is free. It does not wait for it:
+        // answers built after it, which it must precede, hold budget too.
+        answer.try_fit(frame.len());
+        let queue = match self.budget.try_take(frame.len()) {
+            Some(queue) => queue,
+            None => {
                 if !self.full.swap(true, Ordering::Relaxed) {
                     tracing::warn!(
-                        limit = self.max,
+                        limit = self.budget.total(),
                         "answers wait for the client to read them: its requests stop being read meanwhile"
                     );
                 }
-                Arc::clone(&self.budget)
-                    .acquire_many_owned(share)
-                    .await
-                    .map_err(|_| ConnectionError::WriterGone)?
+                tokio::select! {
+                    queue = self.budget.take(frame.len()) => queue,
+                    () = self.gone.cancelled() => return Err(ConnectionError::WriterGone),
+                }
             }
         };
         self.queue
             .send(Queued {
                 frame,
-                _budget: budget,
+                _queue: queue,
+                _answer: answer,
             })
             .map_err(|_| ConnectionError::WriterGone)
     }
+
+    /// Logs, once for the connection, that it waits for the server's
+    /// answer budget.
+    fn note_throttled(&self, limit: usize) {
+        if !self.throttled.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                limit,
+                "the server's answer budget is spent: this connection's requests wait unread until others' answers are written"
+            );
+        }
+    }
 }
 
-/// What a batch has to send, in arrival order.
+/// An answer to come, with its reservation of the server's answer budget.
+type Reserving = Pin<Box<dyn Future<Output = (Reply, Reserved)> + Send + 'static>>;
+
+/// What a batch has to send, in arrival order, each with its reservation.
 enum Ready {
-    Frame(Bytes),
+    Frame(Bytes, Reserved),
     /// An append's answer, which first confirms its write (the first one
     /// writes all the batch's appends to its stream).
-    Confirm(Box<dyn FnOnce() -> Reply + Send>),
+    Confirm(Box<dyn FnOnce() -> Reply + Send>, Reserved),
 }
 
 /// Logs each limit once for the connection.
@@ -326,19 +372,24 @@ async fn session(
     shutdown: CancellationToken,
 ) -> Result<(), ConnectionError> {
     let limits = &ctx.limits;
-    // The budget is counted in u32 permits per frame; a larger setting
-    // would only matter for answers no client can take anyway.
-    let max_queued = limits.max_queued_bytes.min(u32::MAX as usize);
     let (queue, queued) = mpsc::unbounded_channel();
+    let gone = CancellationToken::new();
     let answers = Answers {
         queue,
-        budget: Arc::new(Semaphore::new(max_queued)),
-        max: max_queued,
+        budget: ByteBudget::new(limits.max_queued_bytes),
         full: Arc::new(AtomicBool::new(false)),
+        throttled: Arc::new(AtomicBool::new(false)),
+        gone: gone.clone(),
     };
     // Aborted if this future is dropped (the shutdown deadline), so a writer
     // blocked on a client that does not read goes with it.
-    let write_task = AbortOnDropHandle::new(tokio::spawn(write_answers(writer, queued)));
+    let write_task = AbortOnDropHandle::new(tokio::spawn(write_answers(
+        writer,
+        queued,
+        ctx.answers.clone(),
+        limits.answer_stall_timeout,
+        gone.clone().drop_guard(),
+    )));
     // Room for requests waiting to be answered.
     let in_flight = Arc::new(Semaphore::new(limits.max_in_flight));
     let polls_here = Arc::new(Semaphore::new(limits.max_long_polls_per_connection));
@@ -350,9 +401,11 @@ async fn session(
     // Received, not carried out yet (a batch ends early when its answers
     // are large or an in-order request comes).
     let mut received: VecDeque<Received> = VecDeque::new();
+    // Decoded, not carried out: the server's answer budget was spent.
+    let mut stalled: Option<Decoded> = None;
     let mut end: Option<Result<(), ConnectionError>> = None;
     let outcome = loop {
-        if received.is_empty() {
+        if received.is_empty() && stalled.is_none() {
             if let Some(end) = end.take() {
                 break end;
             }
@@ -370,12 +423,25 @@ async fn session(
                 _ = in_flight.acquire(), if room == 0 => continue,
                 Some(_) = durable.join_next(), if !durable.is_empty() => continue,
                 Some(_) = polls.join_next(), if !polls.is_empty() => continue,
+                () = gone.cancelled() => break Err(ConnectionError::WriterGone),
                 () = shutdown.cancelled() => break Ok(()),
             };
             match first {
                 None => break Ok(()),
                 Some(Err(e)) => break Err(e.into()),
                 Some(Ok(frame)) => received.push_back(frame),
+            }
+        }
+        // The batch before ended for want of answer budget, and its answers
+        // are queued: wait for the budget, reading nothing meanwhile. The
+        // connection holds nothing that waits on this (its other answers
+        // complete and are written on their own), so it cannot deadlock.
+        let mut held = None;
+        if let Some(decoded) = &stalled {
+            tokio::select! {
+                reserved = ctx.answers.take(answer_bound(decoded, limits)) => held = Some(reserved),
+                () = gone.cancelled() => break Err(ConnectionError::WriterGone),
+                () = shutdown.cancelled() => break Ok(()),
             }
         }
         // Every request already received is carried out before any answer
@@ -393,27 +459,61 @@ async fn session(
         }
         let mut ready = Vec::with_capacity(received.len());
         let mut ready_bytes = 0;
-        let mut later = Vec::new();
-        let mut waiting = Vec::new();
+        let mut later: Vec<Reserving> = Vec::new();
+        let mut waiting: Vec<Reserving> = Vec::new();
         let mut in_order = None;
-        while let Some(frame) = received.pop_front() {
-            match carry_out(frame, ctx, version, &mut noted) {
-                Ok(Step::Now(reply)) => {
-                    let frame = reply.frame(version);
-                    ready_bytes += frame.len();
-                    ready.push(Ready::Frame(frame));
+        let mut next = stalled.take().map(|decoded| (decoded, held.take()));
+        loop {
+            let (decoded, reserved) = match next.take() {
+                Some(item) => item,
+                None => {
+                    let Some(frame) = received.pop_front() else {
+                        break;
+                    };
+                    match decode(frame, ctx, version, &mut noted) {
+                        Ok(decoded) => (decoded, None),
+                        Err(e) => {
+                            received.clear();
+                            end = Some(Err(e));
+                            break;
+                        }
+                    }
                 }
-                Ok(Step::AtBatchEnd(confirm)) => ready.push(Ready::Confirm(confirm)),
-                Ok(Step::Later(pending)) => later.push(pending),
-                Ok(Step::LongPoll { wait, give_up }) => {
+            };
+            // Reserved before the answer is built.
+            let bound = answer_bound(&decoded, limits);
+            let Some(mut reserved) = reserved.or_else(|| ctx.answers.try_take(bound)) else {
+                answers.note_throttled(ctx.answers.total());
+                stalled = Some(decoded);
+                break;
+            };
+            match carry_out(decoded, ctx) {
+                Step::Now(reply) => {
+                    let frame = reply.frame(version);
+                    reserved.shrink_to(frame.len());
+                    ready_bytes += frame.len();
+                    ready.push(Ready::Frame(frame, reserved));
+                }
+                Step::AtBatchEnd(confirm) => ready.push(Ready::Confirm(confirm, reserved)),
+                Step::Later(pending) => {
+                    later.push(Box::pin(async move { (pending.await, reserved) }));
+                }
+                Step::LongPoll { wait, give_up } => {
                     let here = Arc::clone(&polls_here).try_acquire_owned();
                     let server = Arc::clone(&ctx.long_polls).try_acquire_owned();
                     match (here, server) {
                         (Ok(here), Ok(server)) => {
+                            let wait = WhileReserved {
+                                wait,
+                                held: Some(reserved),
+                                taking: None,
+                                budget: ctx.answers.clone(),
+                                bound,
+                            };
                             waiting.push(Box::pin(async move {
                                 let _held = (here, server);
                                 wait.await
-                            }) as Pending);
+                            }));
                         }
                         (here, _) => {
                             if !noted.long_polls {
@@ -428,21 +528,17 @@ async fn session(
                                 );
                             }
                             let frame = give_up().frame(version);
+                            reserved.shrink_to(frame.len());
                             ready_bytes += frame.len();
-                            ready.push(Ready::Frame(frame));
+                            ready.push(Ready::Frame(frame, reserved));
                         }
                     }
                 }
-                Ok(Step::InOrder(pending)) => {
-                    in_order = Some(pending);
+                Step::InOrder(pending) => {
+                    in_order = Some((pending, reserved));
                     break;
                 }
-                Ok(Step::Nothing) => {}
-                Err(e) => {
-                    received.clear();
-                    end = Some(Err(e));
-                    break;
-                }
+                Step::Nothing => {}
             }
             if ready_bytes >= BATCH_ANSWER_BYTES {
                 break;
@@ -451,23 +547,30 @@ async fn session(
         // In arrival order. Small answers are merged into one buffer; a
         // large one goes on its own rather than being copied again.
         let mut out = BytesMut::new();
+        let mut out_reserved = ctx.answers.none();
         let mut sent = Ok(());
         for answer in ready {
-            let frame = match answer {
-                Ready::Frame(frame) => frame,
-                Ready::Confirm(confirm) => confirm().frame(version),
+            let (frame, reserved) = match answer {
+                Ready::Frame(frame, reserved) => (frame, reserved),
+                Ready::Confirm(confirm, mut reserved) => {
+                    let frame = confirm().frame(version);
+                    reserved.shrink_to(frame.len());
+                    (frame, reserved)
+                }
             };
             if frame.len() < COALESCE_LIMIT {
                 out.extend_from_slice(&frame);
+                out_reserved.merge(reserved);
                 continue;
             }
             if !out.is_empty() {
-                sent = sent.and(answers.send(out.split().freeze()).await);
+                let merged = std::mem::replace(&mut out_reserved, ctx.answers.none());
+                sent = sent.and(answers.send(out.split().freeze(), merged).await);
             }
-            sent = sent.and(answers.send(frame).await);
+            sent = sent.and(answers.send(frame, reserved).await);
         }
         if !out.is_empty() {
-            sent = sent.and(answers.send(out.freeze()).await);
+            sent = sent.and(answers.send(out.freeze(), out_reserved).await);
         }
         if let Err(e) = sent {
             break Err(e);
@@ -490,11 +593,11 @@ async fn session(
                 version,
             ));
         }
-        if let Some(pending) = in_order {
+        if let Some((pending, reserved)) = in_order {
             // Nothing behind it is carried out before it completes; the
             // protocol thread serves other connections meanwhile.
             let reply = pending.await;
-            if let Err(e) = answers.send(reply.frame(version)).await {
+            if let Err(e) = answers.send(reply.frame(version), reserved).await {
                 break Err(e);
             }
         }
@@ -507,7 +610,11 @@ async fn session(
     drop(answers);
     match write_task.await {
         Ok(Ok(())) => outcome,
-        Ok(Err(e)) => outcome.and(Err(e.into())),
+        // The writer's reason is the better one: the loop only saw it go.
+        Ok(Err(e)) => match outcome {
+            Err(ConnectionError::WriterGone) => Err(e),
+            outcome => outcome.and(Err(e)),
+        },
         Err(join) => outcome.and(Err(ConnectionError::Protocol(format!(
             "writer task failed: {join}"
         )))),
@@ -527,29 +634,52 @@ enum Step {
     Nothing,
 }
 
-/// Decodes and carries out one request frame.
-fn carry_out(
+/// A request frame decoded: a request for the handler, or the answer the
+/// connection gives itself (a frame it could not decode).
+enum Decoded {
+    Request(Request),
+    Answer(Reply),
+    /// No answer (unknown op from a 1.0.0 client).
+    Nothing,
+}
+
+/// What a request's answer may take, reserved from the server's answer
+/// budget before it is carried out.
+fn answer_bound(decoded: &Decoded, limits: &ServerLimits) -> usize {
+    match decoded {
+        Decoded::Request(request) => {
+            request.request_id.len()
+                + match &request.body {
+                    // At least one message is returned whatever its size:
+                    // a larger one takes the rest when its answer is queued.
+                    RequestBody::ReadMessages { stream_name, .. } => {
+                        limits.max_read_bytes + stream_name.len() + SMALL_ANSWER
+                    }
+                    RequestBody::ListStreams | RequestBody::DescribeMessageStream { .. } => {
+                        LISTING_ANSWER
+                    }
+                    _ => SMALL_ANSWER,
+                }
+        }
+        Decoded::Answer(_) | Decoded::Nothing => SMALL_ANSWER,
+    }
+}
+
+/// Decodes one request frame.
+fn decode(
     received: Received,
     ctx: &ServerContext,
     version: ProtocolVersion,
     noted: &mut Noted,
-) -> Result<Step, ConnectionError> {
+) -> Result<Decoded, ConnectionError> {
     let frame = match received {
         Received::Frame(frame) => frame,
         Received::TooLarge { op, head, len } => {
-            return too_large(op, &head, len, ctx.max_frame_len, noted).map(Step::Now)
+            return too_large(op, &head, len, ctx.max_frame_len, noted).map(Decoded::Answer)
         }
     };
     let reply = match Request::decode(frame.op, &frame.payload) {
-        Ok(request) => {
-            return Ok(match ctx.handler.handle(request) {
-                Handled::Now(reply) => Step::Now(reply),
-                Handled::AtBatchEnd(confirm) => Step::AtBatchEnd(confirm),
-                Handled::Later(pending) => Step::Later(pending),
-                Handled::LongPoll { wait, give_up } => Step::LongPoll { wait, give_up },
-                Handled::InOrder(pending) => Step::InOrder(pending),
-            })
-        }
+        Ok(request) => return Ok(Decoded::Request(request)),
         Err(DecodeError::Unanswerable { op, reason }) => {
             return Err(ConnectionError::Protocol(format!("op {op}: {reason}")));
         }
@@ -558,7 +688,7 @@ fn carry_out(
                 // 1.0.0 clients know neither op 17 nor status 18; any
                 // answer would break them, so this request gets none.
                 tracing::warn!(op, %request_id, "unknown operation from a 1.0.0 client, not answered");
-                return Ok(Step::Nothing);
+                return Ok(Decoded::Nothing);
             }
             Reply {
                 request_id,
@@ -577,7 +707,75 @@ fn carry_out(
             },
         },
     };
-    Ok(Step::Now(reply))
+    Ok(Decoded::Answer(reply))
+}
+
+/// Carries out one decoded request.
+fn carry_out(decoded: Decoded, ctx: &ServerContext) -> Step {
+    match decoded {
+        Decoded::Request(request) => match ctx.handler.handle(request) {
+            Handled::Now(reply) => Step::Now(reply),
+            Handled::AtBatchEnd(confirm) => Step::AtBatchEnd(confirm),
+            Handled::Later(pending) => Step::Later(pending),
+            Handled::LongPoll { wait, give_up } => Step::LongPoll { wait, give_up },
+            Handled::InOrder(pending) => Step::InOrder(pending),
+        },
+        Decoded::Answer(reply) => Step::Now(reply),
+        Decoded::Nothing => Step::Nothing,
+    }
+}
+
+/// A long-poll's wait, polled only while it holds `bound` bytes of the
+/// answer budget: it builds its answer in the poll that finds the messages,
+/// so every poll may. Between polls that find nothing it holds none, so
+/// reads waiting for messages do not take the budget from everyone else.
+/// While it waits for budget it is not polled, so its timeout answer waits
+/// too, like every other answer then. (A read that finds its messages gone
+/// to a sealed segment meanwhile reads them across polls; it holds no
+/// budget while the disk is read, and takes the rest, if free, when its
+/// answer is queued.)
+struct WhileReserved {
+    wait: Pending,
+    held: Option<Reserved>,
+    taking: Option<Pin<Box<dyn Future<Output = Reserved> + Send>>>,
+    budget: ByteBudget,
+    bound: usize,
+}
+
+impl Future for WhileReserved {
+    type Output = (Reply, Reserved);
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        if this.held.is_none() {
+            if this.taking.is_none() {
+                match this.budget.try_take(this.bound) {
+                    Some(reserved) => this.held = Some(reserved),
+                    None => {
+                        let budget = this.budget.clone();
+                        let bound = this.bound;
+                        this.taking = Some(Box::pin(async move { budget.take(bound).await }));
+                    }
+                }
+            }
+            if let Some(taking) = &mut this.taking {
+                match taking.as_mut().poll(cx) {
+                    Poll::Ready(reserved) => {
+                        this.taking = None;
+                        this.held = Some(reserved);
+                    }
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+        }
+        match this.wait.as_mut().poll(cx) {
+            Poll::Ready(reply) => Poll::Ready((reply, this.held.take().expect("held above"))),
+            Poll::Pending => {
+                this.held = None;
+                Poll::Pending
+            }
+        }
+    }
 }
 
 /// The answer to a request frame above the limit: `RequestPayloadTooLarge`
@@ -618,27 +816,29 @@ fn too_large(
 /// bounds what is built ahead of the client).
 async fn answer_when_ready(
     counted: InFlight,
-    later: Vec<Pending>,
+    later: Vec<Reserving>,
     answers: Answers,
     version: ProtocolVersion,
 ) {
-    let mut pending: FuturesUnordered<Pending> = later.into_iter().collect();
-    while let Some(reply) = pending.next().await {
+    let mut pending: FuturesUnordered<Reserving> = later.into_iter().collect();
+    while let Some((reply, mut reserved)) = pending.next().await {
         let mut out = BytesMut::from(&reply.frame(version)[..]);
         let mut done = 1;
         while out.len() < BATCH_ANSWER_BYTES {
             match pending.next().now_or_never() {
-                Some(Some(reply)) => {
+                Some(Some((reply, more))) => {
                     out.extend_from_slice(&reply.frame(version));
+                    reserved.merge(more);
                     done += 1;
                 }
                 _ => break,
             }
         }
         counted.finish(done);
+        reserved.shrink_to(out.len());
         // If the writer is gone the client is too; the answers have
         // nowhere to go.
-        if answers.send(out.freeze()).await.is_err() {
+        if answers.send(out.freeze(), reserved).await.is_err() {
             tracing::debug!("answers dropped: connection closing");
             return;
         }
@@ -684,17 +884,21 @@ impl Drop for InFlight {
 
 /// Writes answers as whole frames; frames that are ready together go out in
 /// one write. Closes the socket (FIN) when the queue ends, because Node's
-/// `close()` only half-closes and waits for the server's FIN.
+/// `close()` only half-closes and waits for the server's FIN. `_gone` tells
+/// the request loop when this ends, however it ends.
 async fn write_answers(
     mut writer: OwnedWriteHalf,
     mut queue: mpsc::UnboundedReceiver<Queued>,
-) -> std::io::Result<()> {
+    answers: ByteBudget,
+    stall: Duration,
+    _gone: tokio_util::sync::DropGuard,
+) -> Result<(), ConnectionError> {
     let mut batch = BytesMut::new();
     // Budget of the frames in `batch`, given back once they are written.
     let mut written = Vec::new();
     while let Some(queued) = queue.recv().await {
         if queued.frame.len() >= COALESCE_LIMIT {
-            writer.write_all(&queued.frame).await?;
+            write_or_stall(&mut writer, &queued.frame, &answers, stall).await?;
             continue;
         }
         batch.extend_from_slice(&queued.frame);
@@ -708,9 +912,53 @@ async fn write_answers(
                 Err(_) => break,
             }
         }
-        writer.write_all(&batch).await?;
+        write_or_stall(&mut writer, &batch, &answers, stall).await?;
         batch.clear();
         written.clear();
     }
-    writer.shutdown().await
+    Ok(writer.shutdown().await?)
+}
+
+/// Writes `buf`, unless others wait for the server's answer budget and the
+/// client takes none of it for `stall`: then the connection ends, and the
+/// budget its answers hold is given back (they are dropped with the queue).
+/// Every part the client takes starts the time again, so a client that
+/// reads slowly is not closed.
+async fn write_or_stall(
+    writer: &mut OwnedWriteHalf,
+    buf: &[u8],
+    answers: &ByteBudget,
+    stall: Duration,
+) -> Result<(), ConnectionError> {
+    let mut at = 0;
+    while at < buf.len() {
+        // Cancel-safe: a write that has not completed wrote nothing.
+        let written = tokio::select! {
+            written = writer.write(&buf[at..]) => written?,
+            () = stalled(answers, stall) => {
+                tracing::warn!(
+                    ?stall,
+                    "the client takes none of its answers while others wait for the server's answer budget: closing this connection"
+                );
+                return Err(ConnectionError::Stalled(stall));
+            }
+        };
+        if written == 0 {
+            return Err(std::io::Error::from(std::io::ErrorKind::WriteZero).into());
+        }
+        at += written;
+    }
+    Ok(())
+}
+
+/// Completes once the answer budget has been wanted (someone waiting for
+/// it) throughout `stall`, as far as its start and end show.
+async fn stalled(answers: &ByteBudget, stall: Duration) {
+    loop {
+        answers.contended().await;
+        tokio::time::sleep(stall).await;
+        if answers.is_contended() {
+            return;
+        }
+    }
 }

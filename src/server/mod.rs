@@ -7,14 +7,17 @@
 //! connection slot ([`ServerLimits`]): sockets still in their handshake have
 //! their own timeout and cap, a socket past the connection limit is closed at
 //! once, request bytes are received against a server-wide budget, answers
-//! queued for a client against a per-connection one, and shutdown has a
-//! deadline after which the connections left are closed.
+//! against a server-wide one (taken before they are built) and a
+//! per-connection one, and shutdown has a deadline after which the
+//! connections left are closed.
 
+pub mod budget;
 pub mod codec;
 pub mod connection;
 pub mod dispatch;
 
 use crate::auth::Authenticator;
+use budget::ByteBudget;
 use dispatch::RequestHandler;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,13 +30,26 @@ use tokio_util::task::TaskTracker;
 
 /// Connections served at once by default (`WEIR_MAX_CONNECTIONS`). A
 /// gateway's clients are its local components, a few dozen at most; 256
-/// leaves room for reconnect storms while the worst case of answers queued
-/// for clients that do not read ([`ServerLimits::max_queued_bytes`] each)
-/// stays within what a small device can hold for the few that misbehave.
+/// leaves room for reconnect storms. Answers queued for clients that do not
+/// read are bounded for all of them together
+/// ([`ServerLimits::max_answer_bytes`]), not by this times
+/// [`ServerLimits::max_queued_bytes`].
 pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
 
 /// What the server bounds besides the frame size and the connection count.
 /// The defaults are chosen for a device with 256 MB of RAM; each says why.
+///
+/// Answers: every answer holds bytes of [`ServerLimits::max_answer_bytes`]
+/// from before it is built until its frame is written to the socket (or the
+/// connection ends), on every path (answered at once, at the batch's end,
+/// later, after a long-poll, in order). When a request's share is not free,
+/// its connection's answers so far go out and the connection waits for the
+/// share, its requests unread in the socket. Clients that do not read can
+/// thus make the others wait, but only for
+/// [`ServerLimits::answer_stall_timeout`]: while anyone waits for the
+/// budget, a connection whose client takes none of its answers for that
+/// long is closed, and its answers' bytes are given back. A client that
+/// reads is served once they are. Each connection logs its first wait.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServerLimits {
     /// Sockets that have not completed their handshake; when one more
@@ -54,6 +70,26 @@ pub struct ServerLimits {
     /// reached the connection's requests stop being read. One answer larger
     /// than this still goes out on its own.
     pub max_queued_bytes: usize,
+    /// Answer bytes held, all connections together: from before an answer
+    /// is built until its frame is written to the socket. A request takes
+    /// what its answer can need before it is carried out (a read
+    /// [`ServerLimits::max_read_bytes`] and its framing, anything else a
+    /// few KiB; what the answer turns out not to need is given back once it
+    /// is built), and a connection that cannot get it stops being read until
+    /// others' answers are written. A read waiting for messages holds none
+    /// while it waits, and takes its share each time it looks for them.
+    pub max_answer_bytes: usize,
+    /// What a read answer's messages may take (`WEIR_MAX_READ_BYTES`, the
+    /// store's limit, which the configuration copies here): a read takes
+    /// this much of [`ServerLimits::max_answer_bytes`] before it is carried
+    /// out. A read whose one message is larger takes the rest before its
+    /// answer is queued.
+    pub max_read_bytes: usize,
+    /// While some connection waits for [`ServerLimits::max_answer_bytes`],
+    /// a connection whose client has not taken the answer being written to
+    /// it within this time is closed, and its answers' bytes are given back:
+    /// clients that do not read cannot keep every other client waiting.
+    pub answer_stall_timeout: Duration,
     /// Requests of one connection being carried out or waiting
     /// (`flushOnWrite` appends, long-polls); past it, its requests stop
     /// being read until some are answered.
@@ -84,6 +120,15 @@ impl Default for ServerLimits {
             // Two read answers of the default 4 MiB: a client that reads
             // slowly still gets its answers back to back.
             max_queued_bytes: 8 << 20,
+            // A quarter of 256 MB, like the receive budget: eight clients
+            // that do not read, each at its queue budget, or sixteen reads
+            // of the default 4 MiB being built at once.
+            max_answer_bytes: 64 << 20,
+            max_read_bytes: crate::config::DEFAULT_MAX_READ_BYTES,
+            // Far longer than a client that reads takes for one answer of
+            // a few MiB over a local socket; short enough that clients that
+            // stopped reading free the budget before others give up.
+            answer_stall_timeout: Duration::from_secs(5),
             // Far above what one client pipelines (the benchmark's 64
             // appenders on one connection), small enough to bound the
             // per-request state of one that never stops sending.
@@ -109,7 +154,10 @@ pub struct ServerContext {
     pub server_version: String,
     pub limits: ServerLimits,
     /// Bytes of large request frames being received, all connections.
-    receiving: Arc<Semaphore>,
+    receiving: ByteBudget,
+    /// Bytes of answers being built or waiting to be written, all
+    /// connections.
+    answers: ByteBudget,
     /// Long-polls waiting, all connections.
     long_polls: Arc<Semaphore>,
     handshaking: Mutex<Handshaking>,
@@ -148,12 +196,19 @@ impl ServerContext {
             auth,
             max_frame_len,
             server_version,
-            receiving: Arc::new(Semaphore::new(receiving)),
+            receiving: ByteBudget::new(receiving),
+            answers: ByteBudget::new(limits.max_answer_bytes),
             long_polls: Arc::new(Semaphore::new(limits.max_long_polls)),
             handshaking: Mutex::new(Handshaking::default()),
             limits,
             next_client: AtomicU64::new(1),
         }
+    }
+
+    /// Bytes of [`ServerLimits::max_answer_bytes`] held now (tests and
+    /// benchmarks watch it; 0 once no answer is being built or written).
+    pub fn answer_bytes_reserved(&self) -> usize {
+        self.answers.reserved()
     }
 
     /// `clientIdentifier` of the next connection: `client-1`, `client-2`, ...
