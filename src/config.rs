@@ -13,6 +13,7 @@
 //! | `LOG_LEVEL` | INFO | TRACE, DEBUG, INFO, WARN, ERROR (`RUST_LOG` wins if set) |
 //! | `JVM_ARGS` | | ignored: there is no JVM |
 //! | `WEIR_IOT_ANALYTICS_TO_KINESIS` | none | `channel=kinesisStream,...` (or one stream name for every channel): IoT Analytics exports of those channels go to Kinesis instead (IoT Analytics was retired on 2025-12-15) |
+//! | `WEIR_RETENTION_FOLLOWS_EXPORTS` | false | `true`: a `RejectNewData` stream frees the whole segments all of its exports have passed, so a stream that filled during an outage takes appends again once its backlog is exported; `false` keeps the Java server's semantics |
 //! | `WEIR_BIND_ADDRESS` | 127.0.0.1 | address to listen on |
 //! | `WEIR_AUTH_TOKEN_FILE` | `<store root>/auth_token`, created if missing | accepted tokens, one per line |
 //! | `WEIR_MAX_FRAME_BYTES` | 16777216 | largest request frame taken; a larger one is read past and answered `RequestPayloadTooLarge` |
@@ -74,6 +75,9 @@ pub struct Config {
     /// `WEIR_IOT_ANALYTICS_TO_KINESIS`: IoT Analytics channel → the Kinesis
     /// stream its exports go to instead (`*` for every other channel).
     pub iot_analytics_to_kinesis: std::collections::BTreeMap<String, String>,
+    /// `WEIR_RETENTION_FOLLOWS_EXPORTS`: a `RejectNewData` stream frees the
+    /// segments all its exports have passed (off: the Java semantics).
+    pub retention_follows_exports: bool,
     pub s3_multipart_min_part_size: u64,
     pub log_level: String,
     pub sync_interval: std::time::Duration,
@@ -163,6 +167,11 @@ impl Config {
                 parse("STREAM_MANAGER_EXPORTER_THREAD_POOL_SIZE", pool, 5)?,
             )?,
             iot_analytics_to_kinesis: redirects(get("WEIR_IOT_ANALYTICS_TO_KINESIS"))?,
+            retention_follows_exports: parse(
+                "WEIR_RETENTION_FOLLOWS_EXPORTS",
+                get("WEIR_RETENTION_FOLLOWS_EXPORTS").map(|v| v.to_ascii_lowercase()),
+                false,
+            )?,
             s3_multipart_min_part_size: parse(
                 "STREAM_MANAGER_EXPORTER_S3_DESTINATION_MULTIPART_UPLOAD_MIN_PART_SIZE_BYTES",
                 get("STREAM_MANAGER_EXPORTER_S3_DESTINATION_MULTIPART_UPLOAD_MIN_PART_SIZE_BYTES"),
@@ -324,6 +333,29 @@ mod tests {
         assert_eq!(c.bind_address.to_string(), "127.0.0.1");
         assert_eq!(c.exporter_thread_pool_size, 5);
         assert_eq!(c.exporter_max_bandwidth_kbps, None);
+    }
+
+    #[test]
+    fn export_settings_are_parsed_or_refused() {
+        let c = config(&[
+            ("WEIR_IOT_ANALYTICS_TO_KINESIS", "a=ka, b = kb"),
+            ("WEIR_RETENTION_FOLLOWS_EXPORTS", "TRUE"),
+        ])
+        .unwrap();
+        assert_eq!(c.iot_analytics_to_kinesis.len(), 2);
+        assert_eq!(c.iot_analytics_to_kinesis["b"], "kb");
+        assert!(c.retention_follows_exports);
+        let all = config(&[("WEIR_IOT_ANALYTICS_TO_KINESIS", "everything")]).unwrap();
+        assert_eq!(all.iot_analytics_to_kinesis["*"], "everything");
+        assert!(!config(&[]).unwrap().retention_follows_exports);
+        for bad in ["a=", "=k", "a=k,a=j"] {
+            let e = config(&[("WEIR_IOT_ANALYTICS_TO_KINESIS", bad)]).unwrap_err();
+            assert_eq!(e.name, "WEIR_IOT_ANALYTICS_TO_KINESIS", "{bad}");
+        }
+        let e = config(&[("WEIR_RETENTION_FOLLOWS_EXPORTS", "maybe")]).unwrap_err();
+        assert_eq!(e.name, "WEIR_RETENTION_FOLLOWS_EXPORTS");
+        let e = config(&[("STREAM_MANAGER_EXPORTER_THREAD_POOL_SIZE", "0")]).unwrap_err();
+        assert_eq!(e.name, "STREAM_MANAGER_EXPORTER_THREAD_POOL_SIZE");
     }
 
     #[test]

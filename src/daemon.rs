@@ -99,6 +99,7 @@ pub async fn run(
         source,
     })?;
     tracing::info!(streams = store.list().len(), elapsed = ?started.elapsed(), "store opened");
+    store.set_retention_follows_exports(config.retention_follows_exports);
     let store = Arc::new(store);
     // Exports run on their own thread and runtime: an upload never holds
     // up the protocol thread.

@@ -446,3 +446,47 @@ async fn with_the_bandwidth_capped_the_higher_priority_export_drains_first() {
     assert!(both_took >= Duration::from_secs(19), "{both_took:?}");
     assert!(high_took >= Duration::from_secs(8), "{high_took:?}");
 }
+
+/// A `RejectNewData` stream that filled while the cloud was out of reach:
+/// with retention following exports it takes appends again once its
+/// backlog is exported; without, it stays full (the Java semantics).
+#[tokio::test(start_paused = true)]
+async fn with_retention_following_exports_a_full_stream_takes_appends_once_exported() {
+    for follows in [true, false] {
+        let store = Store::new(
+            Arc::new(ManualClock::new(T0)),
+            StoreLimits {
+                max_read_bytes: 1 << 20,
+            },
+        );
+        store.set_retention_follows_exports(follows);
+        let definition = MessageStreamDefinition {
+            max_size: 4096,
+            stream_segment_size: 1024,
+            strategy_on_full: weir::protocol::model::StrategyOnFull::RejectNewData,
+            ..definition(Persistence::Memory, &[("k1", 0)])
+        };
+        store.create(definition).unwrap();
+        let mut appended = 0;
+        while store.append(STREAM, Bytes::from(vec![1u8; 200])).is_ok() {
+            appended += 1;
+        }
+        assert!(matches!(
+            store.append(STREAM, Bytes::from(vec![1u8; 200])),
+            Err(weir::store::StoreError::Full { .. })
+        ));
+        let cloud = Cloud::new("cloud");
+        let running = start(&store, &cloud, &gate(), settings("k1", 0));
+        cloud.until_taken(appended).await;
+        running.stop().await;
+        let outcome = store.append(STREAM, Bytes::from(vec![2u8; 200]));
+        assert_eq!(outcome.is_ok(), follows, "follows={follows}: {outcome:?}");
+        // Only what was exported went.
+        let oldest = store
+            .describe(STREAM)
+            .unwrap()
+            .storage_status
+            .oldest_sequence_number;
+        assert_eq!(oldest > 0, follows);
+    }
+}

@@ -99,6 +99,8 @@ pub struct ExportReader {
     /// Where the progress of a `File` stream's exports is saved; `None` for
     /// a stream in memory (nothing of it outlives a restart).
     cursors: Option<Arc<CursorStore>>,
+    /// Retention follows exports ([`super::Store::set_retention_follows_exports`]).
+    frees_exported: bool,
 }
 
 impl ExportReader {
@@ -106,11 +108,13 @@ impl ExportReader {
         stream: Arc<Stream>,
         clock: Arc<dyn Clock>,
         cursors: Option<Arc<CursorStore>>,
+        frees_exported: bool,
     ) -> Self {
         ExportReader {
             stream,
             clock,
             cursors,
+            frees_exported,
         }
     }
 
@@ -126,6 +130,9 @@ impl ExportReader {
     /// once, and a restart resumes from it. `Ok(false)` if the stream's
     /// definition no longer has this export with this
     /// `startSequenceNumber` (an update replaced it; nothing is recorded).
+    /// With retention following exports, a `RejectNewData` stream then
+    /// frees the segments all its exports have passed
+    /// ([`Stream::free_exported`]).
     /// Blocking (an fsync): call it where that stalls no one. Saves of one
     /// stream's exports are serialized, each writing the newest progress of
     /// all of them, so a save never goes back on another's.
@@ -151,6 +158,14 @@ impl ExportReader {
                     ))
                 }
             })?;
+        }
+        // Only once the progress is saved: after a power cut the cursor
+        // is never behind a segment that is gone.
+        if self.frees_exported {
+            let freed = self.stream.free_exported()?;
+            if freed > 0 {
+                tracing::debug!(stream = %self.stream.name(), freed, "exported segments freed");
+            }
         }
         Ok(true)
     }

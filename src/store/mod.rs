@@ -256,6 +256,8 @@ pub struct Store {
     streams_changing: Mutex<()>,
     /// Registry events for export managers ([`export_reader`]).
     events: broadcast::Sender<StreamEvent>,
+    /// [`Store::set_retention_follows_exports`].
+    retention_follows_exports: std::sync::atomic::AtomicBool,
 }
 
 impl Store {
@@ -270,6 +272,7 @@ impl Store {
             limits,
             streams_changing: Mutex::new(()),
             events: broadcast::Sender::new(export_reader::EVENTS_KEPT),
+            retention_follows_exports: Default::default(),
         }
     }
 
@@ -305,6 +308,7 @@ impl Store {
             limits,
             streams_changing: Mutex::new(()),
             events: broadcast::Sender::new(export_reader::EVENTS_KEPT),
+            retention_follows_exports: Default::default(),
         })
     }
 
@@ -451,12 +455,27 @@ impl Store {
         stream.update_then(definition, self.now_millis(), saved, updated)
     }
 
+    /// Retention that follows exports (off by default, the Java server's
+    /// semantics): with it on, a `RejectNewData` stream frees the whole
+    /// segments that every one of its exports has passed, each time an
+    /// export saves its progress. Set before export readers are made.
+    pub fn set_retention_follows_exports(&self, on: bool) {
+        self.retention_follows_exports
+            .store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// A reader of stream `name` for an exporter: it changes nothing and
     /// offers only durable messages ([`export_reader`]).
     pub fn export_reader(&self, name: &str) -> Result<ExportReader, StoreError> {
         let stream = self.get(name)?;
         let cursors = self.cursors.clone().filter(|_| stream.is_on_disk());
-        Ok(ExportReader::new(stream, Arc::clone(&self.clock), cursors))
+        Ok(ExportReader::new(
+            stream,
+            Arc::clone(&self.clock),
+            cursors,
+            self.retention_follows_exports
+                .load(std::sync::atomic::Ordering::Relaxed),
+        ))
     }
 
     /// Registry events from now on. Subscribe before reading

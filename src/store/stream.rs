@@ -45,7 +45,7 @@ use super::retention::{self, Room};
 use super::{Fault, Operation, StorageFailure, StoreError};
 use crate::protocol::model::{
     ExportStatus, Message, MessageStreamDefinition, MessageStreamInfo, ReadMessagesOptions,
-    StorageStatus,
+    StorageStatus, StrategyOnFull,
 };
 use bytes::Bytes;
 use std::collections::VecDeque;
@@ -346,6 +346,45 @@ impl Stream {
             }
             _ => Ok(None),
         }
+    }
+
+    /// Frees the oldest whole segments that every export of a
+    /// `RejectNewData` stream has passed (retention that follows exports,
+    /// a server setting), so a stream that filled while the cloud was out
+    /// of reach takes appends again once its backlog is exported. Only
+    /// sealed segments go; a stream without exports, or that overwrites
+    /// its oldest data anyway, is left as it is. Returns how many went.
+    pub fn free_exported(&self) -> Result<usize, StoreError> {
+        let mut state = self.lock()?;
+        if state.definition.strategy_on_full != StrategyOnFull::RejectNewData {
+            return Ok(0);
+        }
+        // Every export counts, disabled ones too: a paused export has not
+        // passed what it will send once enabled.
+        let passed = state
+            .definition
+            .export_definition
+            .starts()
+            .into_iter()
+            .map(|(id, start)| {
+                state
+                    .exports
+                    .get(id)
+                    .map_or(start, CursorState::next_sequence_number)
+            })
+            .min();
+        let Some(passed) = passed else {
+            return Ok(0);
+        };
+        let mut freed = 0;
+        while let Some(oldest) = state.log.oldest_segment() {
+            if !oldest.sealed || oldest.next_sequence_number > passed {
+                break;
+            }
+            state.drop_oldest()?;
+            freed += 1;
+        }
+        Ok(freed)
     }
 
     /// The stream's definition now.
