@@ -92,17 +92,35 @@ pub fn frame(op: Operation, payload: &[u8], dst: &mut BytesMut) {
     RawFrame::encode(op as u8, payload, dst);
 }
 
-pub fn create_stream(request_id: &str, name: &str, memory: bool, flush_on_write: bool) -> Vec<u8> {
+/// `exports`: Kinesis exports of the stream, `(identifier, Kinesis stream)`.
+pub fn create_stream(
+    request_id: &str,
+    name: &str,
+    memory: bool,
+    flush_on_write: bool,
+    exports: &[(String, String)],
+) -> Vec<u8> {
     let mut w = Writer::default();
     w.map(2)
         .kv_text("requestId", request_id)
         .text("definition")
-        .map(5);
+        .map(if exports.is_empty() { 5 } else { 6 });
     w.kv_text("name", name)
         .kv_int("maxSize", i64::MAX)
         .kv_int("strategyOnFull", 1)
         .kv_int("persistence", i64::from(memory))
         .kv_bool("flushOnWrite", flush_on_write);
+    if !exports.is_empty() {
+        w.text("exportDefinition")
+            .map(1)
+            .text("kinesis")
+            .array(exports.len());
+        for (id, stream) in exports {
+            w.map(2)
+                .kv_text("identifier", id)
+                .kv_text("kinesisStreamName", stream);
+        }
+    }
     w.into_vec()
 }
 

@@ -42,6 +42,12 @@ pub struct LoadArgs {
     /// Messages per read request in the read phase.
     #[arg(long, default_value_t = 100)]
     read_batch: i64,
+    /// Kinesis exports of the loaded stream (to --kinesis-stream), to
+    /// measure appends while exports run.
+    #[arg(long, default_value_t = 0)]
+    exports: usize,
+    #[arg(long, default_value = "weir-bench")]
+    kinesis_stream: String,
 }
 
 pub async fn run(args: LoadArgs) -> Result<(), BoxError> {
@@ -75,6 +81,9 @@ pub async fn run(args: LoadArgs) -> Result<(), BoxError> {
             stream,
             args.persistence == "memory",
             args.flush_on_write,
+            &(0..args.exports)
+                .map(|i| (format!("export-{i}"), args.kinesis_stream.clone()))
+                .collect::<Vec<_>>(),
         ),
     )
     .await?;

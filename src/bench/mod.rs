@@ -4,11 +4,15 @@
 //!   keeping many appends in flight (the protocol allows any number), then
 //!   reads of 100 messages; reports appends/s, p50/p99 latency, reads/s.
 //!   Without `--addr` it starts weir in-process on a free port.
+//! * `weir bench export`: export throughput to a Kinesis endpoint next to
+//!   the same SDK's own PutRecords ceiling, and the rate under a bandwidth
+//!   cap; `weir bench load --exports 5` loads a stream with five exports.
 //! * `weir bench null-server`: the same server code with a request handler
 //!   that stores nothing and answers at once: the baseline that shows what
 //!   a client costs by itself.
 
 mod client;
+mod export;
 mod load;
 mod null;
 
@@ -24,6 +28,9 @@ use std::process::ExitCode;
 pub enum BenchCommand {
     /// Append and read load against weir (in-process unless --addr is given).
     Load(load::LoadArgs),
+    /// Export throughput to the Kinesis endpoint of AWS_ENDPOINT_URL_KINESIS
+    /// next to the same SDK's PutRecords ceiling (and the rate under a cap).
+    Export(export::ExportArgs),
     /// Serve the protocol without storing anything (auth off), printing the
     /// bound address; for client-side baselines.
     NullServer(null::NullArgs),
@@ -33,7 +40,9 @@ pub fn main(command: BenchCommand) -> ExitCode {
     // The null server runs as the weir binary does (one thread), so the two
     // differ only in storage; the load generator may use every core.
     let mut runtime = match command {
-        BenchCommand::Load(_) => tokio::runtime::Builder::new_multi_thread(),
+        BenchCommand::Load(_) | BenchCommand::Export(_) => {
+            tokio::runtime::Builder::new_multi_thread()
+        }
         BenchCommand::NullServer(_) => tokio::runtime::Builder::new_current_thread(),
     };
     let runtime = runtime
@@ -43,6 +52,7 @@ pub fn main(command: BenchCommand) -> ExitCode {
     let result = runtime.block_on(async {
         match command {
             BenchCommand::Load(args) => load::run(args).await,
+            BenchCommand::Export(args) => export::run(args).await,
             BenchCommand::NullServer(args) => null::run(args).await,
         }
     });

@@ -5,8 +5,10 @@
 //! then 2, ..., 10; in arrival order within a priority), so when slots or
 //! bandwidth are short the higher-priority exports go first.
 //!
-//! The cap is a GCRA rate limiter (the `governor` crate) whose burst is one
-//! second of the cap. A request larger than that is let through one burst
+//! The cap is a GCRA rate limiter (the `governor` crate) whose burst is a
+//! tenth of a second of the cap (so the average holds over any stretch of
+//! a second or more; a whole second's burst let short runs overshoot by a
+//! fifth). A request larger than that is let through one burst
 //! at a time; only the head of the queue takes bandwidth, and a
 //! higher-priority arrival takes the head from it between two bursts (what
 //! the head already took stays taken). The limiter reads tokio's clock, so a
@@ -47,7 +49,7 @@ impl GovernorClock for TokioClock {
 struct Bandwidth {
     limiter: Limiter,
     clock: TokioClock,
-    /// Bytes one check may take: one second of the cap.
+    /// Bytes one check may take: a tenth of a second of the cap.
     burst: u32,
 }
 
@@ -92,13 +94,15 @@ impl UploadGate {
     pub fn new(uploads: usize, max_kilobits_per_second: Option<u64>) -> Self {
         let bandwidth = max_kilobits_per_second.map(|kbps| {
             let bytes_per_second = (kbps.max(1) * 1000 / 8).clamp(1, u64::from(u32::MAX));
-            let burst = u32::try_from(bytes_per_second).expect("clamped to u32");
-            let rate = NonZeroU32::new(burst).expect("at least 1");
+            let rate = u32::try_from(bytes_per_second).expect("clamped to u32");
+            let burst = (rate / 10).max(1);
+            let quota = Quota::per_second(NonZeroU32::new(rate).expect("at least 1"))
+                .allow_burst(NonZeroU32::new(burst).expect("at least 1"));
             let clock = TokioClock {
                 origin: Instant::now(),
             };
             Bandwidth {
-                limiter: RateLimiter::direct_with_clock(Quota::per_second(rate), clock.clone()),
+                limiter: RateLimiter::direct_with_clock(quota, clock.clone()),
                 clock,
                 burst,
             }
