@@ -413,7 +413,12 @@ impl ExportThread {
             .name("weir-export".into())
             .spawn(move || {
                 runtime.block_on(async move {
-                    let destinations = Arc::new(AwsDestinations::load().await);
+                    // Loading may look for a region on the network (IMDS):
+                    // a shutdown meanwhile does not wait for it.
+                    let destinations = tokio::select! {
+                        loaded = AwsDestinations::load() => Arc::new(loaded),
+                        () = token.cancelled() => return,
+                    };
                     ExportManager::new(store, destinations, settings, clock)
                         .run(token)
                         .await;
