@@ -8,7 +8,8 @@
 //! long-polling read, a `flushOnWrite` append waiting for its sync) is
 //! answered by one task per batch, so it never holds up the requests behind
 //! it (PROTOCOL.md 7.2). A request whose work runs off the protocol thread
-//! (create, delete, update: [`Handled::InOrder`]) ends its batch, and the
+//! (create, delete, update, an append whose log needs the disk first:
+//! [`Handled::InOrder`]) ends its batch, and the
 //! connection waits for it before carrying out the next one. All answers go
 //! through one writer task, which writes whole frames, coalescing those that
 //! are ready, and never splits one (PROTOCOL.md 3.3).
@@ -23,7 +24,7 @@
 //! once for it.
 
 use super::codec::{request_id_in_head, CodecError, FrameReader, Received};
-use super::dispatch::{Handled, Pending};
+use super::dispatch::{GivenUp, Handled, Pending};
 use super::{HandshakeSlot, ServerContext};
 use crate::protocol::status::Operation;
 use crate::protocol::{
@@ -427,9 +428,14 @@ async fn session(
                                     "{whose} limit of waiting reads is reached: more reads are answered at once"
                                 );
                             }
-                            let frame = give_up().frame(version);
-                            ready_bytes += frame.len();
-                            ready.push(Ready::Frame(frame));
+                            match give_up() {
+                                GivenUp::Now(reply) => {
+                                    let frame = reply.frame(version);
+                                    ready_bytes += frame.len();
+                                    ready.push(Ready::Frame(frame));
+                                }
+                                GivenUp::FromDisk(pending) => later.push(pending),
+                            }
                         }
                     }
                 }
@@ -520,7 +526,7 @@ enum Step {
     Later(Pending),
     LongPoll {
         wait: Pending,
-        give_up: Box<dyn FnOnce() -> Reply + Send>,
+        give_up: Box<dyn FnOnce() -> GivenUp + Send>,
     },
     InOrder(Pending),
     /// A request that gets no answer (unknown op from a 1.0.0 client).
