@@ -649,7 +649,9 @@ impl Store {
 
     /// Applies TTL to every stream: with appends, the only place expired
     /// segments are removed (reads and describes only skip them). Run
-    /// periodically, so idle streams shrink too.
+    /// periodically, so idle streams shrink too. It waits for no disk: the
+    /// segments' files are removed in the background (the stream's next
+    /// append waits for that, off the protocol thread).
     pub fn enforce_retention(&self) {
         let streams = self.all_streams();
         let now = self.now_millis();

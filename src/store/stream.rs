@@ -778,7 +778,7 @@ impl Stream {
     }
 
     /// Removes the segments whose TTL has passed (the sweeper; appends do it
-    /// too).
+    /// too); their files go in the background.
     pub fn enforce_retention(&self, now_millis: i64) -> Result<(), StoreError> {
         self.lock()?.expire(now_millis)
     }
