@@ -30,9 +30,15 @@
 //!   a connection that cannot get them waits unread, and while one waits,
 //!   connections whose clients take none of their answers for a while are
 //!   closed) and of answers queued (per connection), requests in flight,
-//!   long-polls, connections and sockets still in their handshake. Work that waits on the disk (create, delete,
-//!   update, reads of sealed segments) runs on tokio's blocking pool, so the
-//!   one protocol thread keeps serving every other connection.
+//!   long-polls, connections and sockets still in their handshake. Work
+//!   that waits on the disk runs on tokio's blocking pool, so the one
+//!   protocol thread keeps serving every other connection: create, delete,
+//!   update; reads of sealed segments (long-polls given up at their limit
+//!   too); and an append whose log needs the disk first (no spare ready for
+//!   its next segment, a retention removal not yet durable), which its
+//!   connection waits for before its next request
+//!   ([`store::Appending::NeedsDisk`]). Segment seals and retention's
+//!   removals themselves run in the background, never on the append path.
 //! * [`store`]: the stream registry and each stream's state under one lock
 //!   (its single writer); retention is a pure policy ([`store::retention`])
 //!   that the stream carries out; messages live behind the
@@ -45,7 +51,7 @@
 //!   any point (folder entries too are durable only once their folder is
 //!   synced). Start-up follows a named recovery policy
 //!   ([`store::file::recovery`]); a segment change (seal, naming the next
-//!   segment) runs as steps on a blocking thread
+//!   segment) and a retention removal run as steps on a blocking thread
 //!   ([`store::file::background`]), a new segment's name made durable only
 //!   after the one before it is synced; a durable sequence floor keeps
 //!   numbers from being reissued when a segment cannot be read.

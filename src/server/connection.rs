@@ -8,7 +8,8 @@
 //! long-polling read, a `flushOnWrite` append waiting for its sync) is
 //! answered by one task per batch, so it never holds up the requests behind
 //! it (PROTOCOL.md 7.2). A request whose work runs off the protocol thread
-//! (create, delete, update: [`Handled::InOrder`]) ends its batch, and the
+//! (create, delete, update, an append whose log needs the disk first:
+//! [`Handled::InOrder`]) ends its batch, and the
 //! connection waits for it before carrying out the next one. All answers go
 //! through one writer task, which writes whole frames, coalescing those that
 //! are ready, and never splits one (PROTOCOL.md 3.3).
@@ -30,7 +31,7 @@
 
 use super::budget::{ByteBudget, Reserved};
 use super::codec::{request_id_in_head, CodecError, FrameReader, Received};
-use super::dispatch::{Handled, Pending};
+use super::dispatch::{GivenUp, Handled, Pending};
 use super::{HandshakeSlot, ServerContext, ServerLimits};
 use crate::protocol::status::Operation;
 use crate::protocol::{
@@ -527,10 +528,19 @@ async fn session(
                                     "{whose} limit of waiting reads is reached: more reads are answered at once"
                                 );
                             }
-                            let frame = give_up().frame(version);
-                            reserved.shrink_to(frame.len());
-                            ready_bytes += frame.len();
-                            ready.push(Ready::Frame(frame, reserved));
+                            match give_up() {
+                                GivenUp::Now(reply) => {
+                                    let frame = reply.frame(version);
+                                    reserved.shrink_to(frame.len());
+                                    ready_bytes += frame.len();
+                                    ready.push(Ready::Frame(frame, reserved));
+                                }
+                                // Read on the blocking pool; its reservation
+                                // goes with it, as a Later answer's does.
+                                GivenUp::FromDisk(pending) => {
+                                    later.push(Box::pin(async move { (pending.await, reserved) }));
+                                }
+                            }
                         }
                     }
                 }
@@ -627,7 +637,7 @@ enum Step {
     Later(Pending),
     LongPoll {
         wait: Pending,
-        give_up: Box<dyn FnOnce() -> Reply + Send>,
+        give_up: Box<dyn FnOnce() -> GivenUp + Send>,
     },
     InOrder(Pending),
     /// A request that gets no answer (unknown op from a 1.0.0 client).

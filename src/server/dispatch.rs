@@ -3,7 +3,7 @@
 
 use crate::protocol::model::ReadMessagesOptions;
 use crate::protocol::{Failure, Reply, ReplyBody, Request, RequestBody, StatusCode};
-use crate::store::{ReadNow, Store, StoreError};
+use crate::store::{Appending, ReadNow, Store, StoreError};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -29,13 +29,22 @@ pub enum Handled {
     /// handle; a late one is not, PROTOCOL.md 7.3).
     LongPoll {
         wait: Pending,
-        give_up: Box<dyn FnOnce() -> Reply + Send + 'static>,
+        give_up: Box<dyn FnOnce() -> GivenUp + Send + 'static>,
     },
     /// Work that may wait on the disk (creating, deleting or updating a
-    /// stream), run off the protocol thread. The connection carries out
+    /// stream, an append whose log needs the disk first), run off the
+    /// protocol thread. The connection carries out
     /// nothing else it received until this completes, so its requests still
     /// take effect in arrival order; other connections go on meanwhile.
     InOrder(Pending),
+}
+
+/// The answer of a long-poll given up.
+pub enum GivenUp {
+    Now(Reply),
+    /// Its messages start in sealed segments: read on the blocking pool and
+    /// answered like [`Handled::Later`].
+    FromDisk(Pending),
 }
 
 /// The status and message a client sees for a store error.
@@ -106,8 +115,8 @@ fn handle(store: &Arc<Store>, request: Request) -> Handled {
                 ReplyBody::DeleteMessageStream,
             )
         }
-        RequestBody::AppendMessage { name, payload } => match store.append(&name, payload) {
-            Ok(appended) if appended.flush => {
+        RequestBody::AppendMessage { name, payload } => match store.append_now(&name, payload) {
+            Ok(Appending::Done(appended)) if appended.flush => {
                 // flushOnWrite: acknowledged once synced; the sync is shared
                 // with every append waiting at the same time.
                 let store = Arc::clone(store);
@@ -123,7 +132,7 @@ fn handle(store: &Arc<Store>, request: Request) -> Handled {
                     }
                 }))
             }
-            Ok(appended) => {
+            Ok(Appending::Done(appended)) => {
                 // Acknowledged once written with the rest of the batch.
                 let store = Arc::clone(store);
                 Handled::AtBatchEnd(Box::new(move || {
@@ -132,6 +141,27 @@ fn handle(store: &Arc<Store>, request: Request) -> Handled {
                     Reply {
                         request_id,
                         body: ReplyBody::AppendMessage(result),
+                    }
+                }))
+            }
+            // The log waits on the disk first (the spare of its next
+            // segment not ready, a removal not yet durable): on the blocking
+            // pool, and in order, so the connection's appends keep their
+            // order; other connections go on meanwhile.
+            Ok(Appending::NeedsDisk(append)) => {
+                let store = Arc::clone(store);
+                Handled::InOrder(Box::pin(async move {
+                    let result = async {
+                        let appended = append.run_blocking().await?;
+                        let seq = appended.sequence_number;
+                        if appended.flush {
+                            store.durable(&name, seq).await?;
+                        }
+                        Ok(seq)
+                    };
+                    Reply {
+                        request_id,
+                        body: ReplyBody::AppendMessage(answer(result.await)),
                     }
                 }))
             }
@@ -162,17 +192,33 @@ fn handle(store: &Arc<Store>, request: Request) -> Handled {
                     let store = Arc::clone(store);
                     let request_id = request_id.clone();
                     let stream_name = stream_name.clone();
+                    // Messages may have come meanwhile, in sealed segments:
+                    // read like any other read from disk.
                     move || {
-                        let result = store
-                            .try_read(&stream_name, &now_options)
-                            .map(|messages| messages.expect("a read with timeout 0 never waits"));
-                        Reply {
+                        let result = match store.read_now(&stream_name, &now_options) {
+                            Ok(ReadNow::FromDisk(read)) => {
+                                return GivenUp::FromDisk(Box::pin(async move {
+                                    let result = answer(read.run_blocking().await);
+                                    Reply {
+                                        request_id,
+                                        body: ReplyBody::ReadMessages {
+                                            stream_name,
+                                            result,
+                                        },
+                                    }
+                                }));
+                            }
+                            Ok(ReadNow::Ready(messages)) => Ok(messages),
+                            Ok(ReadNow::Wait) => unreachable!("a read with timeout 0 never waits"),
+                            Err(e) => Err(failure(&e)),
+                        };
+                        GivenUp::Now(Reply {
                             request_id,
                             body: ReplyBody::ReadMessages {
                                 stream_name,
-                                result: answer(result),
+                                result,
                             },
-                        }
+                        })
                     }
                 };
                 let store = Arc::clone(store);

@@ -17,6 +17,10 @@ use std::sync::Arc;
 /// (length, CRC32C, sequence number, ingest time).
 pub const RECORD_OVERHEAD: u64 = 4 + 4 + 8 + 8;
 
+/// Disk work an append has to wait for ([`SegmentLog::disk_work`]), to run
+/// where waiting stalls no one and without the stream's lock.
+pub type DiskWork = Box<dyn FnOnce() -> Result<(), StorageError> + Send>;
+
 /// How much one read may return.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ReadLimits {
@@ -207,8 +211,19 @@ pub trait SegmentLog: Send {
     fn append(&mut self, ingest_time: i64, payload: Bytes) -> Result<i64, StorageError>;
     /// Closes the active segment to appends.
     fn seal_active(&mut self) -> Result<(), StorageError>;
-    /// Removes the oldest segment, which must be sealed.
+    /// Removes the oldest segment, which must be sealed. The log forgets it
+    /// at once; removing its files may go on in the background, and the
+    /// next append waits for that ([`SegmentLog::disk_work`]).
     fn remove_oldest_segment(&mut self) -> Result<(), StorageError>;
+    /// What the next append would wait on the disk for (a new segment and
+    /// no spare file ready for it, a removal not yet durable, the sequence
+    /// floor to raise), as work to
+    /// run off the stream's lock, after which the caller asks again; `None`
+    /// when an append waits for nothing. Takes in what finished background
+    /// work did first: a failed step's error.
+    fn disk_work(&mut self) -> Result<Option<DiskWork>, StorageError> {
+        Ok(None)
+    }
     /// Up to `limits.max_count` consecutive messages from `from` (which the
     /// caller has clamped to the retained range), stopping before
     /// `limits.max_bytes` of [`ReadLimits::cost`] would be exceeded (at

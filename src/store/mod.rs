@@ -34,7 +34,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 pub use stream::Appended;
-use stream::{ReadAttempt, Stream};
+use stream::{AppendNow, ReadAttempt, Stream};
 use tokio::sync::broadcast;
 
 /// Domain errors; `server::dispatch` maps each to its wire status.
@@ -234,6 +234,71 @@ impl DiskRead {
     }
 }
 
+/// The outcome of [`Store::append_now`].
+#[derive(Debug)]
+pub enum Appending {
+    /// Appended, to be acknowledged as [`Store::append`] says.
+    Done(Appended),
+    /// The stream's log has disk work to do first (a new segment with no
+    /// spare file ready, a retention removal not yet durable).
+    NeedsDisk(DiskAppend),
+}
+
+/// An append that waits on the disk first ([`Appending::NeedsDisk`]): run
+/// where that stalls no one, and without the stream's lock while it waits,
+/// so the stream's reads and describes, and appends to other streams, go
+/// on meanwhile.
+pub struct DiskAppend {
+    stream: Arc<Stream>,
+    payload: Bytes,
+    work: log::DiskWork,
+    clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for DiskAppend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DiskAppend")
+            .field("stream", &self.stream.name())
+            .field("bytes", &self.payload.len())
+            .finish()
+    }
+}
+
+impl DiskAppend {
+    /// Does the disk work, then the append (again, should the log need
+    /// more meanwhile), here: step 1 of the acknowledgement contract.
+    pub fn run(self) -> Result<Appended, StoreError> {
+        let DiskAppend {
+            stream,
+            payload,
+            mut work,
+            clock,
+        } = self;
+        loop {
+            stream.do_disk_work(work)?;
+            match stream.append_now(payload.clone(), clock.now_millis())? {
+                AppendNow::Done(appended) => return Ok(appended),
+                AppendNow::NeedsDisk(more) => work = more,
+            }
+        }
+    }
+
+    /// Runs it on tokio's blocking pool, and confirms it there (steps 1 to
+    /// 3 of the contract): a `flushOnWrite` append is then still to be
+    /// made durable ([`Store::durable`]).
+    pub async fn run_blocking(self) -> Result<Appended, StoreError> {
+        let stream = Arc::clone(&self.stream);
+        let name = stream.name().to_owned();
+        tokio::task::spawn_blocking(move || {
+            let appended = self.run()?;
+            stream.confirm(appended.ticket)?;
+            Ok(appended)
+        })
+        .await
+        .unwrap_or(Err(StoreError::Poisoned(name)))
+    }
+}
+
 /// Limits the store enforces on behalf of the server.
 #[derive(Clone, Copy, Debug)]
 pub struct StoreLimits {
@@ -395,8 +460,30 @@ impl Store {
     /// It is acknowledged only after [`Store::confirm`] and, for a
     /// `flushOnWrite` stream, [`Store::durable`]: the acknowledgement
     /// contract is in the [`stream`] module doc.
+    /// Waits here for any disk work the append needs (tests, tools); the
+    /// server uses [`Store::append_now`].
     pub fn append(&self, name: &str, payload: Bytes) -> Result<Appended, StoreError> {
         self.get(name)?.append(payload, self.now_millis())
+    }
+
+    /// As [`Store::append`], but an append that would wait on the disk (a
+    /// new segment with no spare ready, a retention removal not yet
+    /// durable) is handed back as [`Appending::NeedsDisk`], to run where
+    /// waiting for the disk stalls no one (the protocol thread serves every
+    /// connection).
+    pub fn append_now(&self, name: &str, payload: Bytes) -> Result<Appending, StoreError> {
+        let stream = self.get(name)?;
+        Ok(
+            match stream.append_now(payload.clone(), self.now_millis())? {
+                AppendNow::Done(appended) => Appending::Done(appended),
+                AppendNow::NeedsDisk(work) => Appending::NeedsDisk(DiskAppend {
+                    stream,
+                    payload,
+                    work,
+                    clock: Arc::clone(&self.clock),
+                }),
+            },
+        )
     }
 
     /// Writes a buffered append to the operating system (with every other
@@ -601,7 +688,9 @@ impl Store {
 
     /// Applies TTL to every stream: with appends, the only place expired
     /// segments are removed (reads and describes only skip them). Run
-    /// periodically, so idle streams shrink too.
+    /// periodically, so idle streams shrink too. It waits for no disk: the
+    /// segments' files are removed in the background (the stream's next
+    /// append waits for that, off the protocol thread).
     pub fn enforce_retention(&self) {
         let streams = self.all_streams();
         let now = self.now_millis();

@@ -10,7 +10,11 @@
 //!
 //! 1. **append** ([`Stream::append`]): the record gets its sequence number
 //!    and a *ticket*, and waits in memory with the other appends of its
-//!    batch. Nothing is promised yet.
+//!    batch. Nothing is promised yet. An append that would first wait on the
+//!    disk ([`Stream::append_now`] says [`AppendNow::NeedsDisk`]) takes no
+//!    number until that work is done, off the stream's lock; the server
+//!    does it on its blocking pool, and the connection carries out nothing
+//!    after the append until then, so its appends keep their order.
 //! 2. **write**: the waiting records reach the operating system together,
 //!    in one call, the first time anyone needs them there: a confirm, a
 //!    read or describe (so a read after an append sees it), a seal, a sync.
@@ -40,7 +44,7 @@
 
 use super::export_cursor::{resume_all, CursorState, Cursors};
 use super::group_commit::{Closed, GroupCommit, Leadership, SyncedWatch, Turn};
-use super::log::{ReadLimits, SealedRead, SegmentLog, StorageError, RECORD_OVERHEAD};
+use super::log::{DiskWork, ReadLimits, SealedRead, SegmentLog, StorageError, RECORD_OVERHEAD};
 use super::retention::{self, Room};
 use super::{Fault, Operation, StorageFailure, StoreError};
 use crate::protocol::model::{
@@ -178,6 +182,19 @@ pub struct Appended {
     pub flush: bool,
     /// For [`Stream::confirm`].
     pub ticket: u64,
+}
+
+/// The outcome of an append that does not wait on the disk
+/// ([`Stream::append_now`]).
+pub enum AppendNow {
+    Done(Appended),
+    /// The log has disk work to do before it can take the append (no spare
+    /// segment ready for the next segment, a retention removal not yet
+    /// durable, the sequence floor to raise): the caller runs it where
+    /// waiting stalls no one, without the stream's lock, and tries again.
+    /// The append took no sequence number; what retention and sealing did
+    /// on the way stays done.
+    NeedsDisk(DiskWork),
 }
 
 /// The outcome of a read attempt that does not wait.
@@ -456,11 +473,34 @@ impl Stream {
     }
 
     /// Step 1 of the acknowledgement contract (module doc): appends one
-    /// message, making room first as the stream's strategy says.
+    /// message, making room first as the stream's strategy says, waiting
+    /// here for whatever disk work that needs ([`Stream::append_now`]).
     pub fn append(&self, payload: Bytes, now_millis: i64) -> Result<Appended, StoreError> {
+        loop {
+            match self.append_now(payload.clone(), now_millis)? {
+                AppendNow::Done(appended) => return Ok(appended),
+                AppendNow::NeedsDisk(work) => self.do_disk_work(work)?,
+            }
+        }
+    }
+
+    /// Runs the disk work an append needs ([`AppendNow::NeedsDisk`]) here,
+    /// without the stream's lock; its failure is the stream's
+    /// (`StreamState::failed`).
+    pub fn do_disk_work(&self, work: DiskWork) -> Result<(), StoreError> {
+        work().map_err(|e| self.storage_failed(Operation::Append, e))
+    }
+
+    /// As [`Stream::append`], but an append that would wait on the disk
+    /// first is handed back as [`AppendNow::NeedsDisk`], with the work to
+    /// do before trying again.
+    pub fn append_now(&self, payload: Bytes, now_millis: i64) -> Result<AppendNow, StoreError> {
         let mut state = self.lock()?;
         state.writable()?;
-        let sequence_number = state.append(payload, now_millis)?;
+        let sequence_number = match state.append(payload, now_millis)? {
+            Ok(seq) => seq,
+            Err(work) => return Ok(AppendNow::NeedsDisk(work)),
+        };
         let ticket = state.tickets.issue();
         let flush = state.definition.flush_on_write && self.commit.is_some();
         drop(state);
@@ -468,11 +508,11 @@ impl Stream {
             // Only long-polling readers subscribe; most appends have none.
             self.changed.send_replace(());
         }
-        Ok(Appended {
+        Ok(AppendNow::Done(Appended {
             sequence_number,
             flush,
             ticket,
-        })
+        }))
     }
 
     /// Steps 2 and 3 (module doc): writes the append of `ticket` (with every
@@ -825,7 +865,7 @@ impl Stream {
     }
 
     /// Removes the segments whose TTL has passed (the sweeper; appends do it
-    /// too).
+    /// too); their files go in the background.
     pub fn enforce_retention(&self, now_millis: i64) -> Result<(), StoreError> {
         self.lock()?.expire(now_millis)
     }
@@ -942,7 +982,13 @@ impl StreamState {
         }
     }
 
-    fn append(&mut self, payload: Bytes, now_millis: i64) -> Result<i64, StoreError> {
+    /// The appended message's sequence number, or the disk work to do
+    /// (without the lock) before it can be appended.
+    fn append(
+        &mut self,
+        payload: Bytes,
+        now_millis: i64,
+    ) -> Result<Result<i64, DiskWork>, StoreError> {
         let def = &self.definition;
         let record = payload.len() as u64 + RECORD_OVERHEAD;
         let max_size = def.max_size as u64;
@@ -973,8 +1019,16 @@ impl StreamState {
                 self.seal_active()?;
             }
         }
+        // What is done above waits for no disk (seals and removals run in
+        // the background); what the log still needs before it can take the
+        // record, the caller does off the lock.
+        match self.log.disk_work() {
+            Ok(None) => {}
+            Ok(Some(work)) => return Ok(Err(work)),
+            Err(e) => return Err(self.failed(Operation::Append, Fault::Storage(e))),
+        }
         match self.log.append(now_millis, payload) {
-            Ok(seq) => Ok(seq),
+            Ok(seq) => Ok(Ok(seq)),
             Err(e) => Err(self.failed(Operation::Append, Fault::Storage(e))),
         }
     }

@@ -5,10 +5,15 @@
 //! [`Step`]s on a blocking thread (`FileSystem::run_blocking`): the full
 //! segment's seal (fsync, sealed index) and then the spare's rename to its
 //! segment name and the folder's sync, so a segment's name is durable only
-//! after the segment before it is synced. A step runs once, by whoever
-//! needs it first: the blocking thread, a group-commit sync (which must not
-//! promise a record of the new segment before its name is durable), or
-//! retention (which must not remove a segment still being sealed).
+//! after the segment before it is synced. A retention removal is a step
+//! too: the segment's seal, then (if it was the last segment) the empty
+//! segment that keeps the next sequence number, then its files and the
+//! folder's sync. A step runs once, by whoever needs it first: the blocking
+//! thread, a group-commit sync (which must not promise a record of the new
+//! segment before its name is durable), a removal (which must not remove a
+//! segment still being sealed), or an append's disk work
+//! (`SegmentLog::disk_work`: an append waits for a removal, and for the
+//! steps before the spare it needs).
 //!
 //! Every step that touches the stream's folder holds the folder's [`Gate`];
 //! deleting the stream closes the gate first, so no step of a deleted
@@ -148,12 +153,18 @@ impl Step {
         result
     }
 
-    /// How it went, if it ran, without waiting.
+    /// How it went, if it ran, without waiting: not even for a run again
+    /// after a failure, which holds the state (the protocol thread asks).
     pub fn outcome(&self) -> Option<Result<(), StorageError>> {
         if !self.done.load(Ordering::Acquire) {
             return None;
         }
-        match &*self.state.lock().unwrap_or_else(|p| p.into_inner()) {
+        let state = match self.state.try_lock() {
+            Ok(state) => state,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return None,
+        };
+        match &*state {
             State::Done(result) => Some(result.clone().map_err(|f| f.error())),
             State::Retry(_, failure) => Some(Err(failure.error())),
             State::Pending(_) | State::Running => None,

@@ -8,8 +8,10 @@
 //! * no file is ever created over an existing segment file: one recovery
 //!   skipped stays as it was;
 //! * only the newest segment is ever written; older ones are sealed (synced,
-//!   with an index footer) and only removed, oldest first, by retention
-//!   (the removal made durable before it is forgotten);
+//!   with an index footer) and only removed, oldest first, by retention:
+//!   the log forgets the segment at once, its files go in a [`background`]
+//!   step (after its seal), and the next append waits for that step, so no
+//!   append is written before the removal is durable;
 //! * no sequence number is given out twice: every number given out is below
 //!   the durable sequence floor ([`format::FLOOR_FILE`]), and after a
 //!   skipped newest segment numbering continues at the floor; when
@@ -20,7 +22,12 @@
 //!   switches to a spare prepared in advance, and the full segment's seal
 //!   and the new one's name are [`background`] steps, the name made durable
 //!   only after the segment before it is synced; a sync of the new segment
-//!   runs those steps first.
+//!   runs those steps first;
+//! * no append waits on the disk under the stream's lock: what it would wait
+//!   for (no spare ready for the next segment, a removal not yet durable,
+//!   the sequence floor to raise) the log hands back as
+//!   [`SegmentLog::disk_work`], which the stream's caller runs off the lock
+//!   (the server on its blocking pool) before trying again.
 
 pub mod background;
 pub mod format;
@@ -29,7 +36,7 @@ pub mod segment;
 
 use super::fs::{self, FileHandle, FileSystem};
 use super::log::{
-    IoContext, ReadLimits, SealedRead, SegmentInfo, SegmentLog, StorageError, StorageOp,
+    DiskWork, IoContext, ReadLimits, SealedRead, SegmentInfo, SegmentLog, StorageError, StorageOp,
     RECORD_OVERHEAD,
 };
 use crate::protocol::model::Message;
@@ -39,7 +46,7 @@ use recovery::{Damage, Finding, RecoveryMode};
 use segment::{Records, Segment, SegmentReader};
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 pub struct FileLog {
     fs: Arc<dyn FileSystem>,
@@ -50,10 +57,39 @@ pub struct FileLog {
     next_seq: i64,
     /// Every sequence number given out is below this; it is on disk.
     floor: i64,
+    /// A floor an append's disk work raised, not yet taken in; locked
+    /// while a floor is written, so writes of the floor file never overlap.
+    raised_floor: Arc<Mutex<Option<i64>>>,
     total_bytes: u64,
     /// Held by background steps working in the folder.
     gate: Arc<Gate>,
-    spare: Arc<Mutex<Spare>>,
+    spare: Arc<SpareSlot>,
+    /// Segments retention took out of the log whose files are still being
+    /// removed, oldest first.
+    removals: Vec<Removal>,
+}
+
+/// The spare and the signal of its preparation ending (an append that
+/// needs it waits for one in progress, off the protocol thread).
+#[derive(Default)]
+struct SpareSlot {
+    spare: Mutex<Spare>,
+    prepared: Condvar,
+}
+
+impl SpareSlot {
+    fn lock(&self) -> MutexGuard<'_, Spare> {
+        self.spare.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A segment retention removed from the log: its files go (after its
+/// steps) in a background step; when it was the last segment, the step
+/// first makes the empty segment that keeps the next sequence number on
+/// disk, taken in as the log's segment once the step is done.
+struct Removal {
+    step: Arc<Step>,
+    replacement: Arc<Mutex<Option<Segment>>>,
 }
 
 /// The spare segment file, once prepared.
@@ -139,9 +175,11 @@ impl FileLog {
             missing: Vec::new(),
             next_seq: 0,
             floor: 0,
+            raised_floor: Arc::default(),
             total_bytes: 0,
             gate: Arc::default(),
             spare: Arc::default(),
+            removals: Vec::new(),
         }
     }
 
@@ -153,19 +191,64 @@ impl FileLog {
 
     /// Takes in what finished background steps did; a failed one's error.
     fn settle(&mut self) -> Result<(), StorageError> {
+        // Never waited for: one being written is taken in next time.
+        if let Ok(mut raised) = self.raised_floor.try_lock() {
+            if let Some(floor) = raised.take() {
+                self.floor = self.floor.max(floor);
+            }
+        }
+        self.settle_removals()?;
         for segment in self.segments.iter_mut().rev().take(SETTLING) {
             segment.settle()?;
         }
         Ok(())
     }
 
-    /// Runs every background step not done yet, here and now.
-    fn finish_steps(&mut self) -> Result<(), StorageError> {
-        let start = self.segments.len().saturating_sub(SETTLING);
-        for segment in self.segments.range(start..) {
-            for step in segment.steps() {
-                step.ensure()?;
+    /// Takes in finished removals: an empty segment made by one becomes the
+    /// log's; a failed one's error is returned once.
+    fn settle_removals(&mut self) -> Result<(), StorageError> {
+        let mut failed = Ok(());
+        let mut i = 0;
+        while i < self.removals.len() {
+            let Some(outcome) = self.removals[i].step.outcome() else {
+                i += 1;
+                continue;
+            };
+            let removal = self.removals.remove(i);
+            let made = removal
+                .replacement
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take();
+            if let Some(segment) = made {
+                // Appends wait for the removal: nothing came after it.
+                debug_assert!(self.segments.is_empty(), "the last segment was removed");
+                self.segments.push_back(segment);
             }
+            if let (Err(e), Ok(())) = (outcome, &failed) {
+                failed = Err(e);
+            }
+        }
+        failed
+    }
+
+    /// The steps of the newest segments not known done, in the order they
+    /// must run.
+    fn pending_steps(&self) -> Vec<Arc<Step>> {
+        let start = self.segments.len().saturating_sub(SETTLING);
+        self.segments
+            .range(start..)
+            .flat_map(|s| s.steps().cloned())
+            .collect()
+    }
+
+    /// Runs every background step and removal not done yet, here and now.
+    fn finish_steps(&mut self) -> Result<(), StorageError> {
+        for removal in &self.removals {
+            removal.step.ensure()?;
+        }
+        for step in self.pending_steps() {
+            step.ensure()?;
         }
         self.settle()
     }
@@ -190,20 +273,33 @@ impl FileLog {
     /// Starts preparing a spare segment file if there is none; called only
     /// when no switched spare waits for its name.
     fn prepare_spare(&self) {
-        let switches = self
-            .spare
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .switches;
+        let switches = self.spare.lock().switches;
         let prepare = self.spare_preparation(switches);
         self.fs.run_blocking(Box::new(prepare));
+    }
+
+    /// [`FileLog::make_spare`] in the background: a failure is logged (the
+    /// append that needs the spare makes one itself).
+    fn spare_preparation(&self, after_switch: u64) -> impl FnOnce() + Send + 'static {
+        let make = self.make_spare(after_switch, false);
+        let path = self.dir.join(format::SPARE_FILE);
+        move || {
+            if let Err(e) = make() {
+                tracing::warn!(path = %path.display(), error = %e, "no spare segment prepared");
+            }
+        }
     }
 
     /// Creates the spare (with an unused header, not synced: an unused
     /// spare is removed at start-up) unless one is there or on its way, or
     /// a switch happened since `after_switch` switches (its spare may still
-    /// be unnamed, under the spare's name).
-    fn spare_preparation(&self, after_switch: u64) -> impl FnOnce() + Send + 'static {
+    /// be unnamed, under the spare's name). With `wait`, a preparation
+    /// already on its way is waited for (and, if it failed, tried again).
+    fn make_spare(
+        &self,
+        after_switch: u64,
+        wait: bool,
+    ) -> impl FnOnce() -> Result<(), StorageError> + Send + 'static {
         let (fs, gate, slot) = (
             Arc::clone(&self.fs),
             Arc::clone(&self.gate),
@@ -212,10 +308,13 @@ impl FileLog {
         let path = self.dir.join(format::SPARE_FILE);
         move || {
             {
-                let mut spare = slot.lock().unwrap_or_else(|p| p.into_inner());
+                let mut spare = slot.lock();
+                while wait && spare.preparing {
+                    spare = slot.prepared.wait(spare).unwrap_or_else(|p| p.into_inner());
+                }
                 let later_switch = spare.switches != after_switch;
                 if spare.file.is_some() || spare.preparing || later_switch {
-                    return;
+                    return Ok(());
                 }
                 spare.preparing = true;
             }
@@ -227,30 +326,37 @@ impl FileLog {
                     Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
                     Err(_) => fs.create(&path).and_then(|file| {
                         let header = format::encode_segment_header(format::UNUSED_SPARE);
-                        file.write_all_at(&header, 0).map(|()| Some(file))
+                        match file.write_all_at(&header, 0) {
+                            Ok(()) => Ok(Some(file)),
+                            Err(e) => {
+                                // Never a spare: out of the way of the next
+                                // try (a full disk leaves an empty file).
+                                if let Err(e) = fs.remove_file(&path) {
+                                    tracing::warn!(path = %path.display(), error = %e, "a spare not made stays until the next start");
+                                }
+                                Err(e)
+                            }
+                        }
                     }),
                 },
             };
-            let mut spare = slot.lock().unwrap_or_else(|p| p.into_inner());
+            let mut spare = slot.lock();
             spare.preparing = false;
-            match made {
-                Ok(file) => spare.file = file,
-                // The next full segment's successor is made inline instead.
-                Err(e) => {
-                    tracing::warn!(path = %path.display(), error = %e, "no spare segment prepared")
-                }
-            }
+            slot.prepared.notify_all();
+            spare.file = made.during(StorageOp::CreateSegment)?;
+            Ok(())
         }
     }
 
     /// The active segment after a full one: the spare if one is ready
     /// (switching costs a header write), else a segment made here, after
     /// every step still running (its name must not be durable before the
-    /// segment it follows is synced).
+    /// segment it follows is synced). A stream never gets here without a
+    /// spare: its [`SegmentLog::disk_work`] makes one first, off its lock.
     fn open_next_segment(&mut self, now_millis: i64) -> Result<(), StorageError> {
         let first = self.next_seq;
         let (spare, switch) = {
-            let mut slot = self.spare.lock().unwrap_or_else(|p| p.into_inner());
+            let mut slot = self.spare.lock();
             let spare = slot.file.take();
             if spare.is_some() {
                 slot.switches += 1;
@@ -263,12 +369,7 @@ impl FileLog {
                 Ok(()) => {
                     // Every step before: the segments before are synced and
                     // named before this one's name is durable.
-                    let start = self.segments.len().saturating_sub(SETTLING);
-                    let after: Vec<Arc<Step>> = self
-                        .segments
-                        .range(start..)
-                        .flat_map(|s| s.steps().cloned())
-                        .collect();
+                    let after = self.pending_steps();
                     let header_file = Arc::clone(&file);
                     let (fs, gate, dir) = (
                         Arc::clone(&self.fs),
@@ -303,16 +404,20 @@ impl FileLog {
                     return Ok(());
                 }
                 Err(e) => {
-                    tracing::warn!(dir = %self.dir.display(), error = %e, "the spare segment could not be used");
                     // It never became a segment: out of the way of the
-                    // next spare.
+                    // next spare, which the next append prepares (making a
+                    // segment here would wait on the disk under the
+                    // stream's lock).
                     let spare = self.dir.join(format::SPARE_FILE);
                     if let Err(e) = self.fs.remove_file(&spare) {
                         tracing::warn!(path = %spare.display(), error = %e, "an unusable spare stays until the next start");
                     }
+                    return Err(e).during(StorageOp::CreateSegment);
                 }
             }
         }
+        // Only for a caller that did not first do the append's `disk_work`
+        // (a stream always does).
         self.finish_steps()?;
         let segment = Segment::create(&*self.fs, &self.dir, first, now_millis)?;
         self.segments.push_back(segment);
@@ -518,11 +623,13 @@ impl FileLog {
         }
     }
 
-    /// Makes sure `seq` may be given out: below the durable floor.
+    /// Makes sure `seq` may be given out: below the durable floor. A
+    /// stream's appends find it so already (their `disk_work` raised it).
     fn raise_floor(&mut self, seq: i64) -> Result<(), StorageError> {
         if seq < self.floor {
             return Ok(());
         }
+        let _writing = self.raised_floor.lock().unwrap_or_else(|p| p.into_inner());
         let floor = seq.saturating_add(format::FLOOR_LEASE);
         let path = self.dir.join(format::FLOOR_FILE);
         fs::write_atomically(
@@ -533,6 +640,33 @@ impl FileLog {
         )?;
         self.floor = floor;
         Ok(())
+    }
+
+    /// Raises the floor above the next sequence number, off the stream's
+    /// lock (a rare atomic write, once a [`format::FLOOR_LEASE`]), unless
+    /// another append's work did so meanwhile.
+    fn floor_work(&self) -> DiskWork {
+        let (fs, gate, raised) = (
+            Arc::clone(&self.fs),
+            Arc::clone(&self.gate),
+            Arc::clone(&self.raised_floor),
+        );
+        let path = self.dir.join(format::FLOOR_FILE);
+        let seq = self.next_seq;
+        Box::new(move || {
+            let Some(_folder) = gate.enter() else {
+                return Ok(()); // the stream is deleted
+            };
+            let mut raised = raised.lock().unwrap_or_else(|p| p.into_inner());
+            if raised.is_some_and(|floor| seq < floor) {
+                return Ok(());
+            }
+            let floor = seq.saturating_add(format::FLOOR_LEASE);
+            let bytes = format::encode_floor(floor);
+            fs::write_atomically(&*fs, &path, &bytes, StorageOp::WriteFloor)?;
+            *raised = Some(floor);
+            Ok(())
+        })
     }
 
     pub fn dir(&self) -> &Path {
@@ -700,6 +834,11 @@ impl SegmentLog for FileLog {
     }
 
     fn append(&mut self, ingest_time: i64, payload: Bytes) -> Result<i64, StorageError> {
+        if !self.removals.is_empty() {
+            // Only for a caller that did not first do the append's
+            // `disk_work` (a stream always does).
+            self.finish_steps()?;
+        }
         self.settle()?;
         self.raise_floor(self.next_seq)?;
         if self.active_segment().is_none() {
@@ -746,28 +885,97 @@ impl SegmentLog for FileLog {
     }
 
     fn remove_oldest_segment(&mut self) -> Result<(), StorageError> {
+        // A step that failed (its seal) keeps the segment.
+        self.settle()?;
         let Some(oldest) = self.segments.front() else {
             return Ok(());
         };
         assert!(oldest.info.sealed, "retention removes sealed segments only");
-        // Its seal (and everything before a new segment) done first.
-        self.finish_steps()?;
-        if self.segments.len() == 1 {
-            // Keep a record of the next sequence number on disk.
-            let now = self.now_hint();
-            let empty = Segment::create(&*self.fs, &self.dir, self.next_seq, now)?;
-            self.segments.push_back(empty);
-        }
+        // Keep a record of the next sequence number on disk: removing the
+        // last segment first makes an empty one that starts there (after
+        // every step before a new segment).
+        let last = self.segments.len() == 1;
+        let after: Vec<Arc<Step>> = match last {
+            true => self.pending_steps(),
+            // Its seal done first.
+            false => oldest.steps().cloned().collect(),
+        };
+        let (next, now) = (self.next_seq, self.now_hint());
         let oldest = self.segments.pop_front().expect("checked above");
         self.total_bytes -= oldest.info.bytes;
         let first = oldest.info.first_sequence_number;
         self.missing.retain(|(_, end)| *end > first);
-        oldest.remove(&*self.fs)?;
-        // Durable before the space is reused: a power cut brings no removed
-        // segment back beside newer ones.
-        self.fs
-            .sync_dir(&self.dir)
-            .syncing(StorageOp::RemoveSegment)
+        let (fs, gate, dir) = (
+            Arc::clone(&self.fs),
+            Arc::clone(&self.gate),
+            self.dir.clone(),
+        );
+        let replacement: Arc<Mutex<Option<Segment>>> = Arc::default();
+        let made = Arc::clone(&replacement);
+        let paths = oldest.paths();
+        // Tried once: a failure is reported once, and the files stay until
+        // the next start (the segment is out of the log already).
+        let tried = std::sync::atomic::AtomicBool::new(false);
+        let step = Step::new(Box::new(move || {
+            if tried.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                return Ok(());
+            }
+            for previous in &after {
+                previous.ensure()?;
+            }
+            let Some(_folder) = gate.enter() else {
+                return Ok(()); // the stream is deleted
+            };
+            {
+                let mut made = made.lock().unwrap_or_else(|p| p.into_inner());
+                if last && made.is_none() {
+                    *made = Some(Segment::create(&*fs, &dir, next, now)?);
+                }
+            }
+            segment::remove_files(&*fs, &paths)?;
+            // Durable before the space is reused: a power cut brings no
+            // removed segment back beside newer ones.
+            fs.sync_dir(&dir).syncing(StorageOp::RemoveSegment)
+        }));
+        self.removals.push(Removal {
+            step: Arc::clone(&step),
+            replacement,
+        });
+        // The next append waits for it (`disk_work`); the sweeper does not.
+        self.run_in_background(step, None);
+        self.settle_removals()
+    }
+
+    fn disk_work(&mut self) -> Result<Option<DiskWork>, StorageError> {
+        self.settle()?;
+        if !self.removals.is_empty() {
+            let steps: Vec<Arc<Step>> = self.removals.iter().map(|r| Arc::clone(&r.step)).collect();
+            return Ok(Some(Box::new(move || {
+                steps.iter().try_for_each(|step| step.ensure())
+            })));
+        }
+        if self.next_seq >= self.floor {
+            return Ok(Some(self.floor_work()));
+        }
+        if self.active_segment().is_some() {
+            return Ok(None);
+        }
+        let after_switch = {
+            let slot = self.spare.lock();
+            if slot.file.is_some() {
+                return Ok(None);
+            }
+            slot.switches
+        };
+        // A new segment is needed and no spare is ready: the steps before
+        // it (so the last spare switched to has its name, and the spare's
+        // name is free), then a spare, made here or waited for.
+        let steps = self.pending_steps();
+        let make = self.make_spare(after_switch, true);
+        Ok(Some(Box::new(move || {
+            steps.iter().try_for_each(|step| step.ensure())?;
+            make()
+        })))
     }
 
     fn read(&self, from: i64, limits: ReadLimits) -> Result<Vec<Message>, StorageError> {
@@ -797,12 +1005,7 @@ impl SegmentLog for FileLog {
             .back()
             .filter(|s| !s.info.sealed)
             .map(Segment::sync_target);
-        let start = self.segments.len().saturating_sub(SETTLING);
-        let steps: Vec<Arc<Step>> = self
-            .segments
-            .range(start..)
-            .flat_map(|s| s.steps().cloned())
-            .collect();
+        let steps = self.pending_steps();
         if steps.is_empty() {
             return active;
         }
@@ -916,8 +1119,9 @@ mod tests {
             StorageOp::SealSegment,
         );
         assert_failed_sync(log.remove_oldest_segment(), StorageOp::SealSegment);
-        // Retention: the empty segment kept for the next number, and the
-        // folder sync after a removal.
+        // Retention: the empty segment kept for the next number (the
+        // removal runs in the background: the next append says how it
+        // went), and the folder sync after a removal.
         let fs = SimulatedFs::new();
         fs.set_defer_background(true);
         let mut log = new_log(&fs);
@@ -925,7 +1129,13 @@ mod tests {
         log.seal_active().unwrap();
         fs.run_background();
         fs.set_fail_sync(true);
-        assert_failed_sync(log.remove_oldest_segment(), StorageOp::CreateSegment);
+        log.remove_oldest_segment().unwrap();
+        assert!(log.disk_work().unwrap().is_some(), "appends wait for it");
+        fs.run_background();
+        assert_failed_sync(
+            log.append(1, Bytes::from_static(b"m")),
+            StorageOp::CreateSegment,
+        );
         let fs = SimulatedFs::new();
         let mut log = new_log(&fs);
         append(&mut log, 1);
@@ -933,6 +1143,45 @@ mod tests {
         append(&mut log, 1);
         fs.set_fail_sync(true);
         assert_failed_sync(log.remove_oldest_segment(), StorageOp::RemoveSegment);
+    }
+
+    /// What an append would wait on the disk for is handed back as work to
+    /// run off the stream's lock, and once it ran the append waits for
+    /// nothing: the spare of a new segment, the sequence floor, a removal.
+    #[test]
+    fn disk_work_leaves_appends_nothing_to_wait_for() {
+        let fs = SimulatedFs::new();
+        fs.set_defer_background(true);
+        let mut log = new_log(&fs);
+        let done = |log: &mut FileLog| {
+            let work = log.disk_work().unwrap().expect("an append would wait");
+            let syncs = fs.syncs();
+            work().unwrap();
+            assert!(log.disk_work().unwrap().is_none(), "nothing left");
+            fs.syncs() - syncs
+        };
+        // No spare prepared yet (background work waits).
+        done(&mut log);
+        append(&mut log, 1);
+        // The floor reached: raised, durably, by the work.
+        log.floor = log.next_seq;
+        assert!(done(&mut log) > 0, "the floor is synced");
+        assert!(log.floor > log.next_seq);
+        assert_eq!(
+            format::decode_floor(&fs.contents(&dir().join(format::FLOOR_FILE)).unwrap()),
+            Ok(log.floor)
+        );
+        // A removal of the last segment: its seal, the empty segment after
+        // it, its files gone and the folder synced.
+        log.seal_active().unwrap();
+        log.remove_oldest_segment().unwrap();
+        assert!(log.segments.is_empty());
+        done(&mut log);
+        assert_eq!(log.segments.len(), 1);
+        assert_eq!(log.active_segment().unwrap().first_sequence_number, 1);
+        assert!(fs.contents(&dir().join(format::segment_name(0))).is_none());
+        append(&mut log, 1);
+        assert_eq!(log.read(1, limits(1)).unwrap().len(), 1);
     }
 
     #[test]

@@ -333,16 +333,12 @@ impl Segment {
         Ok(())
     }
 
-    /// Removes the segment's files; the caller syncs the folder.
-    pub fn remove(self, fs: &dyn FileSystem) -> Result<(), StorageError> {
-        let op = StorageOp::RemoveSegment;
-        // Index first: a segment without its index is rebuilt, an index
-        // without its segment would be an orphan.
-        match fs.remove_file(&self.index_path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e).during(op),
-            _ => {}
+    /// Its files, for [`remove_files`].
+    pub fn paths(&self) -> SegmentPaths {
+        SegmentPaths {
+            segment: self.path.clone(),
+            index: self.index_path.clone(),
         }
-        fs.remove_file(&self.path).during(op)
     }
 
     /// Its written records, borrowed (what a read looks at; reads follow a
@@ -376,6 +372,27 @@ impl Segment {
     pub fn path(&self) -> &Path {
         &self.path
     }
+}
+
+/// A segment's files.
+pub struct SegmentPaths {
+    segment: PathBuf,
+    index: PathBuf,
+}
+
+/// Removes a segment's files (one already gone counts as removed, so a
+/// removal that failed can run again); the caller syncs the folder.
+pub fn remove_files(fs: &dyn FileSystem, paths: &SegmentPaths) -> Result<(), StorageError> {
+    let op = StorageOp::RemoveSegment;
+    // Index first: a segment without its index is rebuilt, an index
+    // without its segment would be an orphan.
+    for path in [&paths.index, &paths.segment] {
+        match fs.remove_file(path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e).during(op),
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// A read-only view of a segment's records as they were when it was taken
