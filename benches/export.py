@@ -91,7 +91,7 @@ def main():
             for exports in (0, 5):
                 out = run([weir, "bench", "load", "--messages", str(args.messages),
                            "--exports", str(exports), "--kinesis-stream", "weir-bench"], env)
-                line = next((l for l in out.splitlines() if "append" in l), out.strip())
+                line = next((l for l in out.splitlines() if "appends/s" in l), out.strip())
                 print(f"round {r + 1} exports={exports}: {line}")
         print("== idle RSS")
         for exports in (0, 5):
