@@ -490,3 +490,46 @@ async fn with_retention_following_exports_a_full_stream_takes_appends_once_expor
         assert_eq!(oldest > 0, follows);
     }
 }
+
+/// Messages retention removed before they were exported are counted and
+/// shown, and the export goes on from the oldest one left.
+#[tokio::test(start_paused = true)]
+async fn messages_removed_by_retention_before_export_are_counted_and_shown() {
+    let store = Store::new(
+        Arc::new(ManualClock::new(T0)),
+        StoreLimits {
+            max_read_bytes: 1 << 20,
+        },
+    );
+    store
+        .create(MessageStreamDefinition {
+            max_size: 2048,
+            stream_segment_size: 1024,
+            ..definition(Persistence::Memory, &[("k1", 0)])
+        })
+        .unwrap();
+    for i in 0..40u8 {
+        append(&store, vec![i; 100]);
+    }
+    let oldest = store
+        .describe(STREAM)
+        .unwrap()
+        .storage_status
+        .oldest_sequence_number;
+    assert!(oldest > 0, "retention removed the oldest messages");
+    let cloud = Cloud::new("cloud");
+    let running = start(&store, &cloud, &gate(), settings("k1", 0));
+    cloud.until_taken((40 - oldest) as usize).await;
+    running.stop().await;
+    assert_eq!(seqs(&cloud.taken()), (oldest..40).collect::<Vec<_>>());
+    let progress = store.export_reader(STREAM).unwrap().progress().unwrap();
+    assert_eq!(progress["k1"].skipped_messages, oldest);
+    let error = status(&store, "k1")
+        .error_message
+        .expect("the gap is shown");
+    assert!(
+        error.contains("removed by the stream's retention"),
+        "{error}"
+    );
+    assert!(error.contains(&format!("0 to {}", oldest - 1)), "{error}");
+}
