@@ -46,12 +46,12 @@ pub struct ExportArgs {
 }
 
 pub async fn run(args: ExportArgs) -> Result<(), BoxError> {
-    let config = crate::export::aws::load_sdk_config().await;
-    ensure_stream(&config, &args.kinesis_stream).await?;
+    let shared = crate::export::aws::SharedSdkConfig::new();
+    ensure_stream(shared.get().await, &args.kinesis_stream).await?;
     let payload = Bytes::from(vec![b'x'; args.payload]);
 
     // 1. The ceiling: the SDK alone.
-    let direct = KinesisDestination::new(&config, &args.kinesis_stream);
+    let direct = KinesisDestination::new(Arc::clone(&shared), &args.kinesis_stream);
     let records: Vec<Record> = (0..args.records as i64)
         .map(|i| Record {
             sequence_number: i,
@@ -176,7 +176,7 @@ async fn drain(args: &ExportArgs, records: usize, cap: Option<u64>) -> Result<Du
     };
     let manager = ExportManager::new(
         Arc::clone(&store),
-        Arc::new(AwsDestinations::load().await),
+        Arc::new(AwsDestinations::default()),
         settings,
         clock,
     );

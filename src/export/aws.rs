@@ -29,6 +29,25 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long one call may take, all of it.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// The configuration every exporter's client is made from, loaded once, on
+/// the first send of any export: a weir without exports never loads it (it
+/// may look for a region on the network, and its HTTPS client's roots cost
+/// memory).
+#[derive(Default)]
+pub struct SharedSdkConfig {
+    config: tokio::sync::OnceCell<aws_config::SdkConfig>,
+}
+
+impl SharedSdkConfig {
+    pub fn new() -> std::sync::Arc<Self> {
+        std::sync::Arc::default()
+    }
+
+    pub async fn get(&self) -> &aws_config::SdkConfig {
+        self.config.get_or_init(load_sdk_config).await
+    }
+}
+
 /// The configuration every exporter's client is made from.
 pub async fn load_sdk_config() -> aws_config::SdkConfig {
     let http_client = Builder::new().build_with_connector_fn(|settings, components| {

@@ -72,27 +72,23 @@ pub trait Destinations: Send + Sync {
         -> Arc<dyn Destination>;
 }
 
-/// The AWS SDK's clients, from one shared configuration
-/// ([`super::aws::load_sdk_config`]).
+/// The AWS SDK's clients, from one shared configuration loaded on the
+/// first send ([`super::aws::SharedSdkConfig`]).
+#[derive(Default)]
 pub struct AwsDestinations {
-    config: aws_config::SdkConfig,
-}
-
-impl AwsDestinations {
-    pub async fn load() -> Self {
-        AwsDestinations {
-            config: super::aws::load_sdk_config().await,
-        }
-    }
+    config: Arc<super::aws::SharedSdkConfig>,
 }
 
 impl Destinations for AwsDestinations {
     fn kinesis(&self, stream_name: &str) -> Arc<dyn Destination> {
-        Arc::new(kinesis::KinesisDestination::new(&self.config, stream_name))
+        Arc::new(kinesis::KinesisDestination::new(
+            Arc::clone(&self.config),
+            stream_name,
+        ))
     }
     fn iot_analytics(&self, channel: &str, prefix: Option<&str>) -> Arc<dyn Destination> {
         Arc::new(iot_analytics::IotAnalyticsDestination::new(
-            &self.config,
+            Arc::clone(&self.config),
             channel,
             prefix,
         ))
@@ -413,12 +409,7 @@ impl ExportThread {
             .name("weir-export".into())
             .spawn(move || {
                 runtime.block_on(async move {
-                    // Loading may look for a region on the network (IMDS):
-                    // a shutdown meanwhile does not wait for it.
-                    let destinations = tokio::select! {
-                        loaded = AwsDestinations::load() => Arc::new(loaded),
-                        () = token.cancelled() => return,
-                    };
+                    let destinations = Arc::new(AwsDestinations::default());
                     ExportManager::new(store, destinations, settings, clock)
                         .run(token)
                         .await;
