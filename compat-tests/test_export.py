@@ -11,8 +11,8 @@ Cases (each with its own weir, store and environment: harness.Weir(env=...)):
                it everything arrives, with no loss and no duplicate.
   faults       through a FaultProxy in front of kinesalite, one fault per batch of
                five (throttle, 500, 503, dropped connection before and after the
-               upstream took it, partial failures of some indexes, two throttles in
-               a row): every record arrives, in order except the re-sent failed
+               upstream took it, partial failures of some and of all indexes, two
+               throttles in a row, a blackholed request): every record arrives, in order except the re-sent failed
                ones, duplicates only of the request whose answer was dropped; a
                whole-call fault is followed by the same records again, a partial
                failure by exactly its failed records.
@@ -27,10 +27,14 @@ Cases (each with its own weir, store and environment: harness.Weir(env=...)):
                an over-long record: that record alone is skipped, describe's
                errorMessage names it, the others of its batch and the later ones arrive.
   iotanalytics an iotChannel export to the IoT Analytics stand-in (through a proxy
-               that throttles once and answers 503 once): ids prefix+sequence number;
-               a channel named in WEIR_IOT_ANALYTICS_TO_KINESIS arrives at Kinesis
-               instead; with AWS_ENDPOINT_URL_IOTANALYTICS on a closed port the
-               status's errorMessage speaks of the retirement.
+               that throttles once, answers 503 once and drops one answer after
+               forwarding): ids prefix+sequence number, re-sent with the same ids; a
+               backlog of 250 goes in calls of at most 100, ids without a prefix are
+               the sequence numbers; a message the service refuses is skipped and
+               named; a missing channel is reported, then delivered to once created;
+               channels named in WEIR_IOT_ANALYTICS_TO_KINESIS (also `*`) arrive at
+               Kinesis instead; with AWS_ENDPOINT_URL_IOTANALYTICS on a closed port
+               the status's errorMessage speaks of the retirement.
   bandwidth    STREAM_MANAGER_EXPORTER_MAX_BANDWIDTH=16 (kbit/s) and two streams with
                backlogs (built while the proxy holds each export's first request), the
                priority-10 one created first: the priority-1 export completes first
@@ -38,13 +42,19 @@ Cases (each with its own weir, store and environment: harness.Weir(env=...)):
   sigterm      SIGTERM while a PutRecords is held: weir exits 0 at once; after the
                restart everything arrives, duplicates only of that batch.
   limits       moto's own ValidationException for a record of 1 MiB + 1: that record
-               alone is skipped; backlogs of 1100 small and 12 x 600 kB records go in
-               PutRecords of at most 500 records and 5 MiB, in order.
+               alone is skipped; STREAM_MANAGER_EXPORTER_THREAD_POOL_SIZE=1: while one
+               request is held no second one reaches the proxy (a bounded 1 s look:
+               a negative, which slowness can only make pass); backlogs of 1100 small
+               and 12 x 600 kB records go in PutRecords of at most 500 records and
+               5 MiB, in order, each record with its own random partition key.
   lifecycle    (moto) a missing Kinesis stream shows ResourceNotFoundException and the
                records arrive once it is created; an export added by an update sends
                the earlier messages; an update to another kinesisStreamName (same
                identifier) goes on from the saved progress; messages retention removed
-               before the export are reported; a Memory stream exports.
+               before the export are reported; a 4-shard stream gets every record,
+               in order within each shard; a flushOnWrite stream exports and its
+               HTTP export's status says weir does not export there; a Memory stream
+               exports.
   delete       the stream deleted while its request is held, then recreated: the new
                stream's records arrive once, of the old one only the request in flight.
   storm        six SIGKILLs, each right after the r-th PutRecords answer (r random, seeded:
@@ -60,16 +70,18 @@ The driver itself uses stream_manager 1.1.2 (it runs in that SDK's venv).
 import collections
 import os
 import random
+import re
 import socket
 import subprocess
 import threading
 import time
+import traceback
 
 from checks import CaseFailure, eq, need
 from harness import HarnessError, Report, Weir, indent, main_guard, run_client, sdk_python
 import cloud
 import test_gg110 as gg
-from stream_manager import (ExportDefinition, IoTAnalyticsConfig, KinesisConfig, MessageStreamDefinition,
+from stream_manager import (ExportDefinition, HTTPConfig, IoTAnalyticsConfig, KinesisConfig, MessageStreamDefinition,
                             Persistence, StrategyOnFull, StreamManagerClient)
 
 DEADLINE_S = 60
@@ -230,6 +242,8 @@ def run_case(report, name, fn, clouds):
         fn(ctx)
     except (CaseFailure, HarnessError, cloud.AwsError, OSError) as e:
         report.fail(ctx.stage, f"{type(e).__name__}: {e}\n{ctx.logs()}")
+    except Exception as e:  # an SDK exception: the case failed, the others still run
+        report.fail(ctx.stage, f"{type(e).__name__}: {e}\n{indent(traceback.format_exc())}\n{ctx.logs()}")
     finally:
         for p in ctx.close():
             report.fail(f"{name} weir stop", p)
@@ -322,6 +336,7 @@ def case_faults(ctx):
         ("drop_after_forward", lambda: proxy.drop_connection("PutRecords", after_forward=True)),
         ("partial", lambda: proxy.partial_failure(fail_indexes=[1, 3])),
         ("partial-mixed", lambda: proxy.partial_failure(fail_indexes={0: cloud.INTERNAL_FAILURE, 4: cloud.PTEE})),
+        ("partial-all", lambda: proxy.partial_failure(fail_indexes=range(5))),
         ("throttle-twice", lambda: proxy.throttle("PutRecords", n=2)),
         ("blackhole", proxy.blackhole),
     ]
@@ -345,7 +360,7 @@ def case_faults(ctx):
             desc = [(cl.fault, cl.status, sent[i]) for i, cl in enumerate(calls)]
             need(all(cl.fault != "pending" for cl in calls), f"{kind}: a call still pending after the export: {desc}")
             if kind.startswith("partial"):
-                fails = [1, 3] if kind == "partial" else [0, 4]
+                fails = {"partial": [1, 3], "partial-mixed": [0, 4], "partial-all": [0, 1, 2, 3, 4]}[kind]
                 need(len(calls) == 2, f"{kind}: expected the partly failed call and one re-send, proxy saw {desc}")
                 eq(calls[0].fault, "partial", f"{kind}: fault of the first call")
                 eq(sent[0], payloads, f"{kind}: records of the partly failed call")
@@ -371,6 +386,10 @@ def case_faults(ctx):
         need(t_start <= (st.last_export_time or 0) <= time.time() * 1000 + 1000,
              f"last_export_time {st.last_export_time} is not between the case's start ({t_start}) and now")
         eq(st.error_message, None, "error_message once everything went")
+        partial_all = next(cl for cl in proxy.calls("PutRecords") if cl.fault == "partial" and len(cl.sent) == 5
+                           and cl.sent[0][0] == b"partial-all-0")
+        eq(partial_all.forwarded, None, "what went upstream of a PutRecords whose every record failed")
+
     got = kdata(kin, ks)
     dups = extra_copies(got, expected_first)
     need(not extra_copies(dups.elements(), allowed_dups.elements()),
@@ -591,6 +610,8 @@ def case_iotanalytics(ctx):
     proxy = ctx.proxy(iota, "iotanalytics")
     proxy.throttle("BatchPutMessage")
     proxy.server_error("BatchPutMessage", status=503)
+    proxy.drop_connection("BatchPutMessage", after_forward=True)
+    proxy.reject_record(lambda data: data == b"POISON")
     w = ctx.weir("iota", weir_env(lite.endpoint, proxy.endpoint,
                                   WEIR_IOT_ANALYTICS_TO_KINESIS="redir_channel=redirected-ks"))
     ctx.stage = "export iotanalytics-channel"
@@ -606,9 +627,63 @@ def case_iotanalytics(ctx):
         eq(iota.messages("weir_channel"), dict(want), "messages of weir_channel by id")
         eq(first_occurrences(got), want, "weir_channel messages in order of first arrival")
         faults = [cl.fault for cl in proxy.calls("BatchPutMessage") if cl.fault]
-        eq(faults, ["throttle", "server_error:503"], "faults the proxy applied")
+        eq(faults, ["throttle", "server_error:503", "drop_after_forward"], "faults the proxy applied")
         eq(st.error_message, None, "error_message once the messages went")
-        ctx.ok(ctx.stage, f"{len(want)} messages with ids pfx-<seq> after a throttle and a 503")
+        eq(st.exported_messages_count, len(payloads), "exported_messages_count")
+        ctx.ok(ctx.stage, f"{len(want)} messages with ids pfx-<seq> after a throttle, a 503 and a dropped answer "
+                          f"({len(got) - len(want)} re-sent with the same ids)")
+
+        ctx.stage = "export iotanalytics-batches-of-100-no-prefix"
+        many = [f"m{i:03d}".encode() for i in range(250)]
+        iota.add_channel("many_channel")
+        n0 = proxy.count("BatchPutMessage")
+        c.create_message_stream(MessageStreamDefinition(
+            name="IotaMany", strategy_on_full=StrategyOnFull.OverwriteOldestData,
+            export_definition=ExportDefinition(iot_analytics=[IoTAnalyticsConfig(
+                identifier="im", iot_channel="many_channel", disabled=True)])))
+        for p in many:
+            c.append_message("IotaMany", p)
+        c.update_message_stream(MessageStreamDefinition(
+            name="IotaMany", strategy_on_full=StrategyOnFull.OverwriteOldestData,
+            export_definition=ExportDefinition(iot_analytics=[IoTAnalyticsConfig(
+                identifier="im", iot_channel="many_channel")])))
+        wait_exported(c, "IotaMany", "im", len(many) - 1)
+        eq(iota.received("many_channel"), [(str(i), p) for i, p in enumerate(many)],
+           "many_channel (ids without a prefix: the sequence number)")
+        calls = proxy.calls("BatchPutMessage")[n0:]
+        sizes = [len(cl.sent) for cl in calls]
+        need(all(n <= 100 for n in sizes) and all(cl.status == 200 for cl in calls),
+             f"BatchPutMessage calls over 100 messages or refused: {[(len(cl.sent), cl.status) for cl in calls]}")
+        ctx.ok(ctx.stage, f"a backlog of {len(many)} went in BatchPutMessage calls of {sizes}, ids = sequence numbers")
+
+        ctx.stage = "export iotanalytics-refused-message-skipped"
+        iota.add_channel("poison_channel")
+        c.create_message_stream(MessageStreamDefinition(
+            name="IotaPoison", strategy_on_full=StrategyOnFull.OverwriteOldestData,
+            export_definition=ExportDefinition(iot_analytics=[IoTAnalyticsConfig(
+                identifier="ip", iot_channel="poison_channel", iot_msg_id_prefix="x", batch_size=4,
+                batch_interval_millis=600000)])))
+        for p in (b"ok-0", b"POISON", b"ok-2", b"ok-3"):
+            c.append_message("IotaPoison", p)
+        st = wait_exported(c, "IotaPoison", "ip", 3)
+        eq(iota.received("poison_channel"), [("x0", b"ok-0"), ("x2", b"ok-2"), ("x3", b"ok-3")], "poison_channel")
+        msg = st.error_message or ""
+        need("message 1 " in msg and "InvalidRequestException" in msg,
+             f"error_message should name message 1 as skipped with InvalidRequestException: {msg!r}")
+        ctx.ok(ctx.stage, f"message 1 left out ({msg[:70]!r}...), the other 3 arrived with their ids")
+
+        ctx.stage = "export iotanalytics-missing-channel-then-created"
+        c.create_message_stream(iota_def("IotaLate", "il", "late_channel", "l-"))
+        c.append_message("IotaLate", b"late")
+        st = wait_until(lambda: status(c, "IotaLate", "il"),
+                        lambda s: s is not None and "ResourceNotFoundException" in (s.error_message or ""),
+                        "IotaLate/il error_message naming the missing channel")
+        first_error = st.error_message
+        iota.add_channel("late_channel")
+        st = wait_exported(c, "IotaLate", "il", 0)
+        eq(iota.received("late_channel"), [("l-0", b"late")], "late_channel once created")
+        eq(st.error_message, None, "error_message once the channel exists")
+        ctx.ok(ctx.stage, f"status said {first_error[:80]!r}...; once created the message arrived")
 
         ctx.stage = "export iotanalytics-redirected-to-kinesis"
         requests_before = iota.requests
@@ -619,6 +694,22 @@ def case_iotanalytics(ctx):
         eq(kdata(kin, "redirected-ks"), redir, "redirected-ks (WEIR_IOT_ANALYTICS_TO_KINESIS=redir_channel=redirected-ks)")
         eq(iota.requests, requests_before, "BatchPutMessage requests to the stand-in while only the redirected channel exported")
         ctx.ok(ctx.stage, f"{len(redir)} messages of redir_channel arrived at Kinesis redirected-ks in order")
+
+    ctx.stage = "export iotanalytics-redirect-every-channel"
+    kin.create_stream("every-ks")
+    kin.create_stream("named-ks")
+    w3 = ctx.weir("iota-redirect-all", weir_env(lite.endpoint, f"http://127.0.0.1:{closed_port()}",
+                                                WEIR_IOT_ANALYTICS_TO_KINESIS="named=named-ks,*=every-ks"))
+    with connect(w3) as c:
+        c.create_message_stream(iota_def("ToNamed", "n", "named", None))
+        c.create_message_stream(iota_def("ToEvery", "e", "some_other_channel", None))
+        c.append_message("ToNamed", b"to-named")
+        c.append_message("ToEvery", b"to-every")
+        wait_exported(c, "ToNamed", "n", 0)
+        wait_exported(c, "ToEvery", "e", 0)
+    eq(kdata(kin, "named-ks"), [b"to-named"], "named-ks (channel named)")
+    eq(kdata(kin, "every-ks"), [b"to-every"], "every-ks (channel through *)")
+    ctx.ok(ctx.stage, "named=named-ks,*=every-ks: each channel went to its Kinesis stream")
 
     ctx.stage = "export iotanalytics-no-endpoint-retired"
     w2 = ctx.weir("iota-retired", weir_env(lite.endpoint, f"http://127.0.0.1:{closed_port()}"))
@@ -746,6 +837,30 @@ def case_cloud_limits(ctx):
         eq(st.exported_messages_count, 4, "exported_messages_count")
     ctx.ok(ctx.stage, f"moto's own ValidationException: the record was skipped, the 4 others arrived; status {msg[:80]!r}...")
 
+    ctx.stage = "export thread-pool-size-1"
+    kin.create_stream("pool-a-ks")
+    kin.create_stream("pool-b-ks")
+    with connect(w2) as c:
+        proxy.pause()
+        c.create_message_stream(kinesis_def("PoolA", "k", "pool-a-ks"))
+        c.create_message_stream(kinesis_def("PoolB", "k", "pool-b-ks"))
+        c.append_message("PoolA", b"pool-a")
+        c.append_message("PoolB", b"pool-b")
+        proxy.wait_held(1, DEADLINE_S)
+        # A negative, so a bounded look: with one upload at a time the other export's request
+        # must not reach the proxy while the first is held (a slow weir can only make this pass).
+        try:
+            proxy.wait_held(2, 1.0)
+            second = True
+        except HarnessError:
+            second = False
+        proxy.resume()
+        need(not second, "STREAM_MANAGER_EXPORTER_THREAD_POOL_SIZE=1, yet two PutRecords were in progress at once")
+        wait_exported(c, "PoolA", "k", 0)
+        wait_exported(c, "PoolB", "k", 0)
+    eq((kdata(kin, "pool-a-ks"), kdata(kin, "pool-b-ks")), ([b"pool-a"], [b"pool-b"]), "pool-a-ks, pool-b-ks")
+    ctx.ok(ctx.stage, "one upload at a time: the second export's request waited for the held one, then both arrived")
+
     ctx.stage = "export request-limits-500-records-5MiB"
     many = [f"many-{i:04d}".encode() for i in range(1100)]
     bulky = [bytes([65 + i]) * 600000 for i in range(12)]
@@ -768,6 +883,9 @@ def case_cloud_limits(ctx):
     sizes = [(len(cl.sent), sum(len(d) + len(k) for d, k in cl.sent)) for cl in calls]
     need(all(n <= 500 and b <= 5 << 20 for n, b in sizes), f"a PutRecords over 500 records or 5 MiB: {sizes}")
     need(all(cl.status == 200 for cl in calls), f"a PutRecords not answered 200: {[(cl.fault, cl.status) for cl in calls]}")
+    keys = [k for cl in calls for _, k in cl.sent]
+    need(len(set(keys)) == len(keys) and all(re.fullmatch(r"[0-9a-f]{32}", k) for k in keys),
+         f"partition keys should be fresh random ones per record: {short(keys, 4)}")
     ctx.ok(ctx.stage, f"{len(many)} small and {len(bulky)} x 600 kB records in {len(calls)} PutRecords, "
                       f"each within 500 records and 5 MiB (at most {max(n for n, _ in sizes)} records, "
                       f"{max(b for _, b in sizes)} bytes), all in order")
@@ -847,6 +965,40 @@ def case_stream_lifecycle(ctx):
         need("retention" in msg, f"error_message should say messages were removed by retention: {msg!r}")
         ctx.ok(ctx.stage, f"{len(ret) - len(got)} removed before export reported ({msg[:80]!r}...), "
                           f"the {len(got)} retained arrived in order")
+
+        ctx.stage = "export four-shard-kinesis-stream"
+        kin.create_stream("shards-ks", shards=4)
+        spread = [f"shard-{i:02d}".encode() for i in range(40)]
+        c.create_message_stream(kinesis_def("Shards", "k", "shards-ks"))
+        for p in spread:
+            c.append_message("Shards", p)
+        wait_exported(c, "Shards", "k", len(spread) - 1)
+        recs = kin.read_all("shards-ks")
+        eq(sorted(r.data for r in recs), sorted(spread), "shards-ks records (any order across shards)")
+        used = collections.Counter(r.shard_id for r in recs)
+        need(len(used) > 1, f"40 records with random partition keys all went to one shard: {dict(used)}")
+        for shard in used:
+            per = [r.data for r in recs if r.shard_id == shard]
+            eq(per, [p for p in spread if p in per], f"order within {shard}")
+        ctx.ok(ctx.stage, f"40 records over {len(used)} shards {dict(sorted(used.items()))}, in order within each")
+
+        ctx.stage = "export flush-on-write-stream-and-unbuilt-http-export"
+        kin.create_stream("flush-ks")
+        c.create_message_stream(MessageStreamDefinition(
+            name="Flush", flush_on_write=True, strategy_on_full=StrategyOnFull.OverwriteOldestData,
+            export_definition=ExportDefinition(
+                kinesis=[KinesisConfig(identifier="k", kinesis_stream_name="flush-ks")],
+                http=[HTTPConfig(identifier="h", uri="http://127.0.0.1:9/unused")])))
+        flush = [f"flush-{i}".encode() for i in range(3)]
+        for p in flush:
+            c.append_message("Flush", p)
+        wait_exported(c, "Flush", "k", 2)
+        eq(kdata(kin, "flush-ks"), flush, "flush-ks")
+        st = wait_until(lambda: status(c, "Flush", "h"), lambda s: s is not None and s.error_message,
+                        "Flush/h status with an error_message")
+        need("HTTP" in st.error_message and nothing_exported(st),
+             f"the HTTP export's status should say weir does not export there: {show(st)}")
+        ctx.ok(ctx.stage, f"a flushOnWrite stream exported; the HTTP export's status says {st.error_message!r}")
 
         ctx.stage = "export memory-persistence-stream"
         mem = [f"mem-{i}".encode() for i in range(5)]
