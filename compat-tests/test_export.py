@@ -63,6 +63,13 @@ Cases (each with its own weir, store and environment: harness.Weir(env=...)):
                arrive at both, in order (re-sent failed records aside), at most one
                batch duplicated per kill, IoT Analytics ids prefix+seq, and the status
                counters count every message exactly once.
+  invalid-name / invalid-channel
+               an export to a Kinesis stream name (IoT Analytics channel name) the
+               service refuses as invalid, then fixed by an update with the same
+               identifier: the messages must arrive at the fixed target. (weir at
+               this commit fails both: it takes the request-level ValidationException /
+               InvalidRequestException for a bad record, narrows the batch down to
+               single records, and skips every one of them for good.)
 Waits poll a condition with a bounded deadline; no assertion depends on timing.
 WEIR_EXPORT_CASES=gg110,faults,... runs only those (refused under CI=true).
 The driver itself uses stream_manager 1.1.2 (it runs in that SDK's venv).
@@ -1150,6 +1157,66 @@ def case_crash_storm(ctx):
                       f"IoT Analytics {sum(idd.values())}; counters exact")
 
 
+# -- 13. an invalid target name, then fixed (weir bug: the messages are discarded) -----------------------------------------------------------
+
+
+def case_invalid_stream_name(ctx):
+    """Kinesis answers ValidationException for a StreamName outside [a-zA-Z0-9_.-]+ (kinesalite
+    mimics its wording) and IoT Analytics InvalidRequestException for a channelName outside
+    ^[a-zA-Z0-9_]+$: those say the request, not a record, can never succeed. Every record
+    refused that way is still good; once the export is fixed (same identifier, a valid name)
+    they must arrive, not have been skipped as records the service can never take."""
+    lite = ctx.clouds["kinesalite"]
+    kin = lite.kinesis()
+    kin.create_stream("fixed-ks")
+    w = ctx.weir("invalid-stream-name", weir_env(lite.endpoint))
+    kept = [b"kept-0", b"kept-1", b"kept-2"]
+    with connect(w) as c:
+        ctx.stage = "export invalid-kinesis-stream-name-then-fixed"
+        c.create_message_stream(kinesis_def("BadK", "k", "bad name!"))
+        for p in kept:
+            c.append_message("BadK", p)
+        st = wait_until(lambda: status(c, "BadK", "k"),
+                        lambda s: s is not None and "streamName" in (s.error_message or ""),
+                        "BadK/k error_message naming the invalid streamName")
+        before = show(st)
+        c.update_message_stream(kinesis_def("BadK", "k", "fixed-ks"))
+        wait_exported(c, "BadK", "k", len(kept) - 1)
+        # Its status says all three were exported, so what fixed-ks lacks now is gone.
+        got = kdata(kin, "fixed-ks")
+        need(got == kept, f"after the update to a valid kinesisStreamName, fixed-ks holds {got!r}, expected {kept!r}: "
+                          f"weir skipped (discarded) every message because the ValidationException named the "
+                          f"request's streamName, not a record; status before the fix: {before}; after: "
+                          f"{show(status(c, 'BadK', 'k'))}")
+        ctx.ok(ctx.stage, "refused for the stream name, kept, and delivered once the name was fixed")
+
+
+def case_invalid_channel(ctx):
+    """As case_invalid_stream_name, for an IoT Analytics channelName."""
+    iota = ctx.server(cloud.IotAnalyticsStandIn())
+    iota.add_channel("fixed_channel")
+    w = ctx.weir("invalid-channel", weir_env(ctx.clouds["kinesalite"].endpoint, iota.endpoint))
+    kept = [b"kept-0", b"kept-1", b"kept-2"]
+    with connect(w) as c:
+        ctx.stage = "export invalid-iot-channel-name-then-fixed"
+        c.create_message_stream(iota_def("BadI", "i", "bad-channel", "b"))
+        for p in kept:
+            c.append_message("BadI", p)
+        st = wait_until(lambda: status(c, "BadI", "i"),
+                        lambda s: s is not None and "channelName" in (s.error_message or ""),
+                        "BadI/i error_message naming the invalid channelName")
+        before = show(st)
+        c.update_message_stream(iota_def("BadI", "i", "fixed_channel", "b"))
+        wait_exported(c, "BadI", "i", len(kept) - 1)
+        got = iota.received("fixed_channel")
+        want = [(f"b{i}", p) for i, p in enumerate(kept)]
+        need(got == want, f"after the update to a valid iotChannel, fixed_channel holds {got!r}, expected {want!r}: "
+                          f"weir skipped (discarded) every message because the InvalidRequestException named the "
+                          f"request's channelName, not a message; status before the fix: {before}; after: "
+                          f"{show(status(c, 'BadI', 'i'))}")
+        ctx.ok(ctx.stage, "refused for the channel name, kept, and delivered once the name was fixed")
+
+
 # -- main -----------------------------------------------------------------------------------
 
 
@@ -1166,6 +1233,8 @@ CASES = [
     ("export lifecycle", case_stream_lifecycle),
     ("export delete", case_delete_in_flight),
     ("export storm", case_crash_storm),
+    ("export invalid-name", case_invalid_stream_name),
+    ("export invalid-channel", case_invalid_channel),
 ]
 
 
