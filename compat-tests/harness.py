@@ -108,6 +108,9 @@ class Weir:
         self._ready = threading.Event()
         self.host = self.port = None
         env = dict(os.environ)
+        # Do not leak a token from the caller's environment into weir (env= may set one:
+        # the token exchange service's, as on a Greengrass device).
+        env.pop("AWS_CONTAINER_AUTHORIZATION_TOKEN", None)
         for k, v in self.env.items():
             if v is None:
                 env.pop(k, None)
@@ -119,8 +122,6 @@ class Weir:
             "STREAM_MANAGER_AUTHENTICATE_CLIENT": "true",
             "WEIR_AUTH_TOKEN_FILE": self.token_file,
         })
-        # Do not leak a token from the caller's environment into weir.
-        env.pop("AWS_CONTAINER_AUTHORIZATION_TOKEN", None)
         self.proc = subprocess.Popen(
             [self.binary], env=env, cwd=self.tmp,
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,

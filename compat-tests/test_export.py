@@ -12,17 +12,20 @@ Cases (each with its own weir, store and environment: harness.Weir(env=...)):
   faults       through a FaultProxy in front of kinesalite, one fault per batch of
                five (throttle, 500, 503, dropped connection before and after the
                upstream took it, partial failures of some and of all indexes, two
-               throttles in a row, a blackholed request): every record arrives, in order except the re-sent failed
-               ones, duplicates only of the request whose answer was dropped; a
-               whole-call fault is followed by the same records again, a partial
-               failure by exactly its failed records.
+               throttles in a row, a blackholed request): every record arrives, in
+               order except the re-sent failed ones, duplicates only of the request
+               whose answer was dropped; a whole-call fault is followed by the same
+               records again, a partial failure by exactly its failed records; the
+               status counts each message (and its bytes) once.
   crash        SIGKILL while a PutRecords is held in flight by the proxy, resume,
                start again: everything arrives, duplicates only of that batch.
   disabled     (moto) a disabled export sends nothing while a sibling export of the
                same stream delivers; re-enabled with greengrasssdk 1.6.1's
                update_message_stream it delivers everything, disabled again with
                stream_manager 1.1.2 it stops, re-enabled it catches up;
-               startSequenceNumber=3 exports exactly from 3.
+               startSequenceNumber=3 exports exactly from 3, goes on after a SIGTERM
+               restart from where it was, and an update to startSequenceNumber=6
+               exports again from 6.
   poison       (moto) the proxy refuses any call carrying b"POISON" as Kinesis refuses
                an over-long record: that record alone is skipped, describe's
                errorMessage names it, the others of its batch and the later ones arrive.
@@ -38,7 +41,8 @@ Cases (each with its own weir, store and environment: harness.Weir(env=...)):
   bandwidth    STREAM_MANAGER_EXPORTER_MAX_BANDWIDTH=16 (kbit/s) and two streams with
                backlogs (built while the proxy holds each export's first request), the
                priority-10 one created first: the priority-1 export completes first
-               (order of the proxy's calls, not timings).
+               (order of the proxy's calls, not timings); a 5000-byte record under
+               the 2000-byte/s cap still goes.
   sigterm      SIGTERM while a PutRecords is held: weir exits 0 at once; after the
                restart everything arrives, duplicates only of that batch.
   limits       moto's own ValidationException for a record of 1 MiB + 1: that record
@@ -56,13 +60,18 @@ Cases (each with its own weir, store and environment: harness.Weir(env=...)):
                HTTP export's status says weir does not export there; a Memory stream
                exports.
   delete       the stream deleted while its request is held, then recreated: the new
-               stream's records arrive once, of the old one only the request in flight.
+               stream's records arrive once, of the old one only the request in flight;
+               two updates that leave an export as it is (same definition, another
+               maxSize) while its request is held: every record arrives once.
   storm        six SIGKILLs, each right after the r-th PutRecords answer (r random, seeded:
                WEIR_EXPORT_SEED repeats a run) of a backlog exported to Kinesis and IoT
                Analytics at once, with random throttles, 5xx and partial failures: all
                arrive at both, in order (re-sent failed records aside), at most one
                batch duplicated per kill, IoT Analytics ids prefix+seq, and the status
                counters count every message exactly once.
+  tes          no static keys: credentials from a token exchange service stand-in at
+               AWS_CONTAINER_CREDENTIALS_FULL_URI, asked with AWS_CONTAINER_AUTHORIZATION_TOKEN,
+               as on a Greengrass device; PutRecords is signed with its key and session token.
   invalid-name / invalid-channel
                an export to a Kinesis stream name (IoT Analytics channel name) the
                service refuses as invalid, then fixed by an update with the same
@@ -75,9 +84,12 @@ WEIR_EXPORT_CASES=gg110,faults,... runs only those (refused under CI=true).
 The driver itself uses stream_manager 1.1.2 (it runs in that SDK's venv).
 """
 import collections
+import datetime
+import json
 import os
 import random
 import re
+import secrets
 import socket
 import subprocess
 import threading
@@ -776,6 +788,17 @@ def case_bandwidth(ctx):
     need(last_h < last_l, f"the priority-1 export should complete first; order of the PutRecords calls: {''.join(which)}")
     ctx.ok(ctx.stage, f"16 kbit/s cap: the priority-1 export completed first (call order {''.join(which)})")
 
+    ctx.stage = "export bandwidth-request-over-one-second-of-cap"
+    # 16 kbit/s lets 2000 bytes through a second; one record of 5000 must still go.
+    kin.create_stream("wide-ks")
+    wide = b"w" * 5000
+    with connect(w) as c:
+        c.create_message_stream(kinesis_def("Wide", "k", "wide-ks"))
+        c.append_message("Wide", wide)
+        wait_exported(c, "Wide", "k", 0)
+    eq(kdata(kin, "wide-ks"), [wide], "wide-ks")
+    ctx.ok(ctx.stage, "a 5000-byte record under a 2000-byte/s cap arrived")
+
 
 # -- 8. SIGTERM with a request in flight ------------------------------------------------
 
@@ -1056,6 +1079,32 @@ def case_delete_in_flight(ctx):
     ctx.ok(ctx.stage, f"the recreated stream's {len(new)} records arrived once, in order; of the deleted stream "
                       f"only the {len(in_flight)} in flight")
 
+    ctx.stage = "export unchanged-export-kept-across-updates"
+    # Updates that leave the export as it is (the same definition; another maxSize) must not
+    # replace its pipeline: the request in flight is answered and nothing goes twice.
+    kin.create_stream("keep-ks")
+    keep = [f"keep-{i}".encode() for i in range(4)]
+    definition = lambda max_size: MessageStreamDefinition(
+        name="Keep", max_size=max_size, strategy_on_full=StrategyOnFull.OverwriteOldestData,
+        export_definition=ExportDefinition(kinesis=[KinesisConfig(identifier="k", kinesis_stream_name="keep-ks")]))
+    with connect(w) as c:
+        n0 = proxy.count("PutRecords")
+        proxy.pause()
+        c.create_message_stream(definition(1 << 20))
+        c.append_message("Keep", keep[0])
+        proxy.wait_held(1, DEADLINE_S)
+        c.update_message_stream(definition(1 << 20))
+        c.update_message_stream(definition(2 << 20))
+        for p in keep[1:]:
+            c.append_message("Keep", p)
+        proxy.resume()
+        wait_exported(c, "Keep", "k", len(keep) - 1)
+    eq(kdata(kin, "keep-ks"), keep, "keep-ks (no record twice)")
+    calls = proxy.calls("PutRecords")[n0:]
+    need(calls and calls[0].sent[0][0] == keep[0] and calls[0].status == 200,
+         f"the first request (held during the updates) should carry keep-0 and be answered 200: {calls[:1]}")
+    ctx.ok(ctx.stage, "two updates leaving the export unchanged while its request was held: every record once")
+
 
 # -- 12. repeated SIGKILLs while both kinds of export flow ------------------------------------------
 
@@ -1157,6 +1206,77 @@ def case_crash_storm(ctx):
                       f"IoT Analytics {sum(idd.values())}; counters exact")
 
 
+# -- 14. credentials from the token exchange service ----------------------------------------------------
+
+
+class HeaderProxy(cloud.FaultProxy):
+    """A FaultProxy that also keeps each request's headers (lower-case names)."""
+
+    def __init__(self, *a, **kw):
+        self.headers = []
+        super().__init__(*a, **kw)
+
+    def _handle(self, h):
+        with self._cond:
+            self.headers.append({k.lower(): v for k, v in h.headers.items()})
+        return super()._handle(h)
+
+
+class TokenExchangeStandIn(cloud._InProcessServer):
+    """The Greengrass token exchange service as aws-config's container credentials
+    provider calls it: GET <AWS_CONTAINER_CREDENTIALS_FULL_URI> with the header
+    `Authorization: <AWS_CONTAINER_AUTHORIZATION_TOKEN>` (GREENGRASS.md 1.5)."""
+
+    PATH = "/2016-11-01/credentialprovider/"
+    KEY_ID = "ASIAWEIRTESCOMPAT"
+    SESSION = "weir-tes-session-token"
+
+    def __init__(self):
+        self.token = secrets.token_hex(16)
+        self.requests = []
+        super().__init__()
+        self.uri = self.endpoint + self.PATH
+
+    def _handle(self, h):
+        h.read_body()
+        self.requests.append((h.command, h.path, h.headers.get("Authorization")))
+        if h.path != self.PATH or h.headers.get("Authorization") != self.token:
+            return h.answer(403, b'{"message": "forbidden"}', [("Content-Type", "application/json")])
+        exp = (datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        h.answer(200, json.dumps({"AccessKeyId": self.KEY_ID, "SecretAccessKey": "weir-tes-secret",
+                                  "Token": self.SESSION, "Expiration": exp}).encode(),
+                 [("Content-Type", "application/json")])
+
+
+def case_tes_credentials(ctx):
+    lite = ctx.clouds["kinesalite"]
+    kin = lite.kinesis()
+    kin.create_stream("tes-ks")
+    tes = ctx.server(TokenExchangeStandIn())
+    proxy = HeaderProxy(lite)
+    ctx.servers.append(proxy)
+    ctx.stage = "export credentials-from-token-exchange-service"
+    w = ctx.weir("tes", weir_env(proxy.endpoint, AWS_ACCESS_KEY_ID=None, AWS_SECRET_ACCESS_KEY=None,
+                                 AWS_CONTAINER_CREDENTIALS_FULL_URI=tes.uri,
+                                 AWS_CONTAINER_AUTHORIZATION_TOKEN=tes.token))
+    payloads = [b"tes-0", b"tes-1"]
+    with connect(w) as c:
+        c.create_message_stream(kinesis_def("Tes", "k", "tes-ks"))
+        for p in payloads:
+            c.append_message("Tes", p)
+        wait_exported(c, "Tes", "k", 1)
+    eq(kdata(kin, "tes-ks"), payloads, "tes-ks")
+    need(tes.requests and all(r == ("GET", tes.PATH, tes.token) for r in tes.requests),
+         f"requests to the token exchange service: {tes.requests}")
+    put = [hd for hd in proxy.headers if hd.get("x-amz-target", "").endswith(".PutRecords")]
+    need(put and all(f"Credential={tes.KEY_ID}/" in hd.get("authorization", "") and
+                     hd.get("x-amz-security-token") == tes.SESSION for hd in put),
+         f"PutRecords not signed with the token exchange service's credentials: "
+         f"{[(hd.get('authorization', '')[:60], hd.get('x-amz-security-token')) for hd in put]}")
+    ctx.ok(ctx.stage, f"{len(tes.requests)} credential request(s) with the token; PutRecords signed with its key and "
+                      "session token; both records arrived")
+
+
 # -- 13. an invalid target name, then fixed (weir bug: the messages are discarded) -----------------------------------------------------------
 
 
@@ -1233,6 +1353,7 @@ CASES = [
     ("export lifecycle", case_stream_lifecycle),
     ("export delete", case_delete_in_flight),
     ("export storm", case_crash_storm),
+    ("export tes", case_tes_credentials),
     ("export invalid-name", case_invalid_stream_name),
     ("export invalid-channel", case_invalid_channel),
 ]
