@@ -72,6 +72,9 @@ Cases (each with its own weir, store and environment: harness.Weir(env=...)):
   tes          no static keys: credentials from a token exchange service stand-in at
                AWS_CONTAINER_CREDENTIALS_FULL_URI, asked with AWS_CONTAINER_AUTHORIZATION_TOKEN,
                as on a Greengrass device; PutRecords is signed with its key and session token.
+  node         a stream defined by the Node SDK (aws-greengrass-core-sdk 1.7.0) with a
+               Kinesis export using every batching field and an IoT Analytics export:
+               binary payloads arrive byte for byte at both.
   invalid-name / invalid-channel
                an export to a Kinesis stream name (IoT Analytics channel name) the
                service refuses as invalid, then fixed by an update with the same
@@ -218,7 +221,7 @@ class Ctx:
     def __init__(self, report, name, clouds):
         self.report, self.name, self.clouds = report, name, clouds
         self.stage = name
-        self.weirs, self.servers = [], []
+        self.weirs, self.servers, self.clients = [], [], []
 
     def weir(self, name, env):
         w = Weir(f"export-{name}", env=env)
@@ -229,6 +232,12 @@ class Ctx:
         p = cloud.FaultProxy(upstream, service)
         self.servers.append(p)
         return p
+
+    def client(self, weir):
+        """A client closed with the case (for one opened inside another's with block)."""
+        c = connect(weir)
+        self.clients.append(c)
+        return c
 
     def server(self, s):
         self.servers.append(s)
@@ -242,6 +251,11 @@ class Ctx:
 
     def close(self):
         problems = []
+        for c in self.clients:
+            try:
+                c.close()
+            except Exception:   # its weir is gone already
+                pass
         for w in self.weirs:
             try:
                 if w.proc is not None and w.proc.poll() is None:
@@ -523,18 +537,35 @@ def case_disabled(ctx):
 
         ctx.stage = "export disabled-again-stream_manager-1.1.2"
         c.update_message_stream(dis_def(True))
+        # A SIGTERM restart in between: the export stays disabled.
+        c.close()
+        w.restart()
+        c = ctx.client(w)
         for p in payloads[5:]:
             c.append_message("Dis", p)
         wait_exported(c, "Dis", "ctl", 7)
-        eq(kdata(kin, "dis-ks"), payloads[:5], "dis-ks after disabling again and 3 more appends")
+        eq(kdata(kin, "dis-ks"), payloads[:5], "dis-ks after disabling again, a restart and 3 more appends")
         eq(status(c, "Dis", "off").last_exported_sequence_number, 4, "disabled export's last_exported_sequence_number")
         c.update_message_stream(dis_def(False))
         st = wait_exported(c, "Dis", "off", 7)
         eq(kdata(kin, "dis-ks"), payloads, "dis-ks after re-enabling (stream_manager 1.1.2)")
         eq(kdata(kin, "ctl-ks"), payloads, "ctl-ks at the end")
         eq(st.exported_messages_count, 8, "exported_messages_count of the re-enabled export")
-        ctx.ok(ctx.stage, "disabled again: nothing sent while the sibling delivered 3 more; re-enabled: caught up, "
-                          "8 in order, no duplicate")
+        ctx.ok(ctx.stage, "disabled again (and weir restarted): nothing sent while the sibling delivered 3 more; "
+                          "re-enabled: caught up, 8 in order, no duplicate")
+
+        ctx.stage = "export removed-by-update"
+        c.update_message_stream(MessageStreamDefinition(
+            name="Dis", strategy_on_full=StrategyOnFull.OverwriteOldestData,
+            export_definition=ExportDefinition(kinesis=[KinesisConfig(identifier="ctl", kinesis_stream_name="ctl-ks")])))
+        for i in range(8, 10):
+            payloads.append(f"dis-{i}".encode())
+            c.append_message("Dis", payloads[-1])
+        wait_exported(c, "Dis", "ctl", 9)
+        eq(kdata(kin, "dis-ks"), payloads[:8], "dis-ks after its export was removed and 2 more appends")
+        ids = [x.export_config_identifier for x in c.describe_message_stream("Dis").export_statuses or []]
+        eq(ids, ["ctl"], "export statuses after the removal")
+        ctx.ok(ctx.stage, "the removed export sent nothing more, its status is gone; the sibling delivered 10")
 
         ctx.stage = "export start-sequence-number"
         c.create_message_stream(kinesis_def("Start", "from3", "start-ks", start_sequence_number=3))
@@ -546,7 +577,26 @@ def case_disabled(ctx):
         eq(st.exported_messages_count, 5, "exported_messages_count with startSequenceNumber=3")
         ctx.ok(ctx.stage, "startSequenceNumber=3: exactly messages 3..7 arrived")
 
+        ctx.stage = "export start-sequence-number-ahead-of-the-stream"
+        kin.create_stream("ahead-ks")
+        c.create_message_stream(MessageStreamDefinition(
+            name="Ahead", strategy_on_full=StrategyOnFull.OverwriteOldestData,
+            export_definition=ExportDefinition(kinesis=[
+                KinesisConfig(identifier="at5", kinesis_stream_name="ahead-ks", start_sequence_number=5),
+                KinesisConfig(identifier="ctl", kinesis_stream_name="ctl-ks")])))
+        ahead = [f"ahead-{i}".encode() for i in range(8)]
+        for p in ahead[:3]:
+            c.append_message("Ahead", p)
+        wait_exported(c, "Ahead", "ctl", 2)
+        eq(kdata(kin, "ahead-ks"), [], "ahead-ks with only messages 0..2 (its sibling delivered them)")
+        for p in ahead[3:]:
+            c.append_message("Ahead", p)
+        wait_exported(c, "Ahead", "at5", 7)
+        eq(kdata(kin, "ahead-ks"), ahead[5:], "ahead-ks once messages 5..7 exist")
+        ctx.ok(ctx.stage, "startSequenceNumber=5 on a stream at 3: nothing until 5, then exactly 5..7")
+
     ctx.stage = "export start-sequence-number-after-restart"
+    c.close()       # the client opened after the first restart
     w.restart()
     with connect(w) as c:
         for i in range(8, 10):
@@ -955,7 +1005,17 @@ def case_stream_lifecycle(ctx):
         c.update_message_stream(kinesis_def("Added", "k", "added-ks"))
         wait_exported(c, "Added", "k", 2)
         eq(kdata(kin, "added-ks"), added, "added-ks (export added to a stream that had 3 messages)")
-        ctx.ok(ctx.stage, "an export added by update_message_stream sent the 3 earlier messages")
+        kin.create_stream("added-late-ks")
+        c.update_message_stream(MessageStreamDefinition(
+            name="Added", strategy_on_full=StrategyOnFull.OverwriteOldestData,
+            export_definition=ExportDefinition(kinesis=[
+                KinesisConfig(identifier="k", kinesis_stream_name="added-ks"),
+                KinesisConfig(identifier="from1", kinesis_stream_name="added-late-ks", start_sequence_number=1)])))
+        wait_exported(c, "Added", "from1", 2)
+        eq(kdata(kin, "added-late-ks"), added[1:], "added-late-ks (export added later with startSequenceNumber 1)")
+        eq(kdata(kin, "added-ks"), added, "added-ks after the second update (nothing twice)")
+        ctx.ok(ctx.stage, "an export added by update_message_stream sent the 3 earlier messages; one added later "
+                          "with startSequenceNumber=1 sent 1..2")
 
         ctx.stage = "export update-changes-target"
         a = [f"ra-{i}".encode() for i in range(3)]
@@ -1277,6 +1337,59 @@ def case_tes_credentials(ctx):
                       "session token; both records arrived")
 
 
+# -- 15. the Node SDK ------------------------------------------------------------------------------------
+
+NODE_CLIENT = r"""
+'use strict';
+const sm = require('aws-greengrass-core-sdk/stream-manager');
+const payloads = JSON.parse(process.argv[1]).map((h) => Buffer.from(h, 'hex'));
+const c = new sm.StreamManagerClient({
+    logger: {error() {}, warn() {}, info() {}, debug() {}, trace() {}, log() {}},
+    onConnectCb: async () => {
+        try {
+            await c.createMessageStream(new sm.MessageStreamDefinition().withName('NodeS')
+                .withStrategyOnFull(sm.StrategyOnFull.OverwriteOldestData)
+                .withExportDefinition(new sm.ExportDefinition()
+                    .withKinesis([new sm.KinesisConfig().withIdentifier('nk').withKinesisStreamName('node-ks')
+                        .withBatchSize(2).withPriority(3).withStartSequenceNumber(1).withDisabled(false)])
+                    .withIotAnalytics([new sm.IoTAnalyticsConfig().withIdentifier('na').withIotChannel('node_channel')
+                        .withIotMsgIdPrefix('n-').withBatchSize(3)])));
+            for (const p of payloads) console.log('append ' + await c.appendMessage('NodeS', p));
+            console.log('done');
+            c.close();
+        } catch (e) {
+            console.log('error ' + (e && e.constructor ? e.constructor.name : typeof e) + ': ' + (e && e.message));
+            c.close();
+            process.exitCode = 1;
+        }
+    },
+    onErrorCb: (e) => { console.log('connect error ' + e); process.exitCode = 1; },
+});
+"""
+
+
+def case_node_sdk(ctx):
+    lite = ctx.clouds["kinesalite"]
+    kin = lite.kinesis()
+    kin.create_stream("node-ks")
+    iota = ctx.server(cloud.IotAnalyticsStandIn())
+    iota.add_channel("node_channel")
+    w = ctx.weir("node", weir_env(lite.endpoint, iota.endpoint))
+    ctx.stage = "export node-sdk-1.7.0-definitions"
+    payloads = [b"node-0", bytes(range(256)), b"\x00\x00", b"node-3", b"node-4"]
+    rc, out, err = run_client(["node", "-e", NODE_CLIENT, json.dumps([p.hex() for p in payloads])],
+                              w.client_env(), CLIENT_DEADLINE_S)
+    eq(out.splitlines(), [f"append {i}" for i in range(len(payloads))] + ["done"],
+       f"Node client output (exit {rc}, stderr {err[-500:]!r})")
+    with connect(w) as c:
+        wait_exported(c, "NodeS", "nk", len(payloads) - 1)
+        wait_exported(c, "NodeS", "na", len(payloads) - 1)
+    eq(kdata(kin, "node-ks"), payloads[1:], "node-ks (startSequenceNumber 1, batchSize 2, priority 3)")
+    eq(iota.received("node_channel"), [(f"n-{i}", p) for i, p in enumerate(payloads)], "node_channel")
+    ctx.ok(ctx.stage, "a stream the Node SDK defined (Kinesis with every batching field, IoT Analytics with a "
+                      "prefix) exported binary payloads byte for byte to both")
+
+
 # -- 13. an invalid target name, then fixed (weir bug: the messages are discarded) -----------------------------------------------------------
 
 
@@ -1354,6 +1467,7 @@ CASES = [
     ("export delete", case_delete_in_flight),
     ("export storm", case_crash_storm),
     ("export tes", case_tes_credentials),
+    ("export node", case_node_sdk),
     ("export invalid-name", case_invalid_stream_name),
     ("export invalid-channel", case_invalid_channel),
 ]
