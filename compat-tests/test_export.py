@@ -16,7 +16,8 @@ Cases (each with its own weir, store and environment: harness.Weir(env=...)):
                order except the re-sent failed ones, duplicates only of the request
                whose answer was dropped; a whole-call fault is followed by the same
                records again, a partial failure by exactly its failed records; the
-               status counts each message (and its bytes) once.
+               status counts each message (and its bytes) once; the log has one
+               "export failing" and one "export works again" line per fault.
   crash        SIGKILL while a PutRecords is held in flight by the proxy, resume,
                start again: everything arrives, duplicates only of that batch.
   disabled     (moto) a disabled export sends nothing while a sibling export of the
@@ -58,7 +59,9 @@ Cases (each with its own weir, store and environment: harness.Weir(env=...)):
                before the export are reported; a 4-shard stream gets every record,
                in order within each shard; a flushOnWrite stream exports and its
                HTTP export's status says weir does not export there; a Memory stream
-               exports.
+               exports, also after a restart; 300 messages over 1 KiB segments are
+               exported while appended; retention racing the export delivers an
+               increasing run ending with the last message, none twice.
   delete       the stream deleted while its request is held, then recreated: the new
                stream's records arrive once, of the old one only the request in flight;
                two updates that leave an export as it is (same definition, another
@@ -430,6 +433,12 @@ def case_faults(ctx):
     missing = set(expected_first) - set(got)
     need(not missing, f"records lost: {sorted(missing)}")
     eq(first_occurrences(got), expected_first, "order of first arrival (per batch: append order, re-sent failed records last)")
+    # weir logs an export's trouble once per change, not once per retry (pipeline.rs).
+    failing = [l for l in w.current_log() if "export failing, will retry" in l]
+    again = [l for l in w.current_log() if "export works again" in l]
+    need(len(failing) == len(phases) and len(again) == len(phases),
+         f"expected one 'export failing' and one 'export works again' line per fault ({len(phases)}; two throttles "
+         f"in a row are one change), got {len(failing)} and {len(again)}:\n" + indent("\n".join(failing)))
     ctx.ok(ctx.stage, f"{len(phases)} faults, {len(expected_first)} records all arrived in order except the re-sent "
                       f"failed ones; {sum(dups.values())} duplicates, all of the request whose answer was dropped; "
                       f"{proxy.count('PutRecords')} PutRecords through the proxy")
@@ -1100,6 +1109,56 @@ def case_stream_lifecycle(ctx):
         wait_exported(c, "Mem", "k", len(mem) - 1)
         eq(kdata(kin, "memory-ks"), mem, "memory-ks")
         ctx.ok(ctx.stage, "a Memory stream's messages arrived in order")
+
+        ctx.stage = "export small-segments-while-appending"
+        kin.create_stream("segments-ks")
+        seg = [b"%04d" % i + b"s" * 86 for i in range(300)]
+        c.create_message_stream(MessageStreamDefinition(
+            name="Segments", stream_segment_size=1024, strategy_on_full=StrategyOnFull.OverwriteOldestData,
+            export_definition=ExportDefinition(kinesis=[KinesisConfig(identifier="k", kinesis_stream_name="segments-ks",
+                                                                      batch_size=7)])))
+        for p in seg:
+            c.append_message("Segments", p)
+        st = wait_exported(c, "Segments", "k", len(seg) - 1)
+        eq(kdata(kin, "segments-ks"), seg, "segments-ks (1 KiB segments, exported while appended)")
+        eq(st.exported_messages_count, len(seg), "exported_messages_count")
+        ctx.ok(ctx.stage, f"{len(seg)} messages over ~{len(seg) * 114 // 1024} segments of 1 KiB, exported while "
+                          "appended: all, in order, once")
+
+        ctx.stage = "export retention-racing-the-export"
+        kin.create_stream("race-ks")
+        race = [b"%04d" % i + b"r" * 196 for i in range(200)]
+        c.create_message_stream(MessageStreamDefinition(
+            name="Race", max_size=4096, stream_segment_size=1024, strategy_on_full=StrategyOnFull.OverwriteOldestData,
+            export_definition=ExportDefinition(kinesis=[KinesisConfig(identifier="k", kinesis_stream_name="race-ks",
+                                                                      batch_size=3)])))
+        for p in race:
+            c.append_message("Race", p)
+        st = wait_exported(c, "Race", "k", len(race) - 1)
+        got = kdata(kin, "race-ks")
+        idx = [race.index(g) if g in race else -1 for g in got]
+        need(idx and idx == sorted(set(idx)) and idx[0] >= 0 and idx[-1] == len(race) - 1,
+             f"race-ks should be an increasing run of the stream's messages ending with the last: {short(idx, 20)}")
+        eq(st.exported_messages_count, len(got), "exported_messages_count (each delivered message once)")
+        ctx.ok(ctx.stage, f"retention (4 KiB) racing the export: {len(got)} of {len(race)} delivered, in order, "
+                          f"none twice, the last one included")
+
+    ctx.stage = "export memory-stream-after-restart"
+    w.restart()
+    with connect(w) as c:
+        names = c.list_streams()
+        if "Mem" not in names:
+            c.create_message_stream(MessageStreamDefinition(
+                name="Mem", persistence=Persistence.Memory, strategy_on_full=StrategyOnFull.OverwriteOldestData,
+                export_definition=ExportDefinition(kinesis=[KinesisConfig(identifier="k",
+                                                                          kinesis_stream_name="memory-ks")])))
+        more = [f"mem-after-{i}".encode() for i in range(3)]
+        seqs = [c.append_message("Mem", p) for p in more]
+        wait_exported(c, "Mem", "k", seqs[-1])
+        got = kdata(kin, "memory-ks")
+        eq(got[len(mem):], more, f"memory-ks after a restart and 3 appends (sequence numbers {seqs})")
+        ctx.ok(ctx.stage, f"after a restart (Mem {'kept' if 'Mem' in names else 'gone, recreated'}, new sequence "
+                          f"numbers {seqs}) the 3 new messages arrived")
 
 
 # -- 11. stream deleted with a request in flight, then recreated ---------------------------------
