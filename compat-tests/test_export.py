@@ -78,6 +78,9 @@ Cases (each with its own weir, store and environment: harness.Weir(env=...)):
   node         a stream defined by the Node SDK (aws-greengrass-core-sdk 1.7.0) with a
                Kinesis export using every batching field and an IoT Analytics export:
                binary payloads arrive byte for byte at both.
+  http-proxy   HTTP_PROXY: an endpoint whose host does not resolve is reached through
+               a forward proxy (absolute-form request-target); NO_PROXY=127.0.0.1 goes
+               around a proxy on a closed port.
   invalid-name / invalid-channel
                an export to a Kinesis stream name (IoT Analytics channel name) the
                service refuses as invalid, then fixed by an update with the same
@@ -1449,6 +1452,58 @@ def case_node_sdk(ctx):
                       "prefix) exported binary payloads byte for byte to both")
 
 
+# -- 16. through an HTTP proxy ---------------------------------------------------------------------------
+
+
+class PathProxy(HeaderProxy):
+    """A HeaderProxy that also keeps each request-target (absolute-form through a forward proxy)."""
+
+    def __init__(self, *a, **kw):
+        self.targets = []
+        super().__init__(*a, **kw)
+
+    def _handle(self, h):
+        with self._cond:
+            self.targets.append(h.path)
+        return super()._handle(h)
+
+
+def case_http_proxy(ctx):
+    lite = ctx.clouds["kinesalite"]
+    kin = lite.kinesis()
+    kin.create_stream("proxied-ks")
+    kin.create_stream("bypass-ks")
+    ctx.stage = "export through-HTTP_PROXY"
+    # The endpoint's host does not resolve: only the forward proxy (which sends everything to
+    # kinesalite) can carry the request.
+    endpoint = "http://kinesis.weir-compat.invalid:4567"
+    proxy = PathProxy(lite)
+    ctx.servers.append(proxy)
+    w = ctx.weir("http-proxy", weir_env(endpoint, HTTP_PROXY=proxy.endpoint, NO_PROXY=None, no_proxy=None))
+    with connect(w) as c:
+        c.create_message_stream(kinesis_def("Proxied", "k", "proxied-ks"))
+        for p in (b"proxied-0", b"proxied-1"):
+            c.append_message("Proxied", p)
+        wait_exported(c, "Proxied", "k", 1)
+    eq(kdata(kin, "proxied-ks"), [b"proxied-0", b"proxied-1"], "proxied-ks")
+    need(proxy.targets and all(tg == endpoint + "/" for tg in proxy.targets)
+         and all(hd.get("host") == endpoint.removeprefix("http://") for hd in proxy.headers),
+         f"requests through the forward proxy should name the endpoint: {proxy.targets[:3]}, "
+         f"{[hd.get('host') for hd in proxy.headers[:3]]}")
+    ctx.ok(ctx.stage, f"{len(proxy.targets)} requests to an unresolvable endpoint went through HTTP_PROXY "
+                      f"(request-target {proxy.targets[0]!r})")
+
+    ctx.stage = "export NO_PROXY-bypasses-the-proxy"
+    w2 = ctx.weir("no-proxy", weir_env(lite.endpoint, HTTP_PROXY=f"http://127.0.0.1:{closed_port()}",
+                                       NO_PROXY="127.0.0.1", no_proxy=None))
+    with connect(w2) as c:
+        c.create_message_stream(kinesis_def("Bypass", "k", "bypass-ks"))
+        c.append_message("Bypass", b"bypass")
+        wait_exported(c, "Bypass", "k", 0)
+    eq(kdata(kin, "bypass-ks"), [b"bypass"], "bypass-ks")
+    ctx.ok(ctx.stage, "with HTTP_PROXY on a closed port and NO_PROXY=127.0.0.1 the export went straight there")
+
+
 # -- 13. an invalid target name, then fixed (weir bug: the messages are discarded) -----------------------------------------------------------
 
 
@@ -1527,6 +1582,7 @@ CASES = [
     ("export storm", case_crash_storm),
     ("export tes", case_tes_credentials),
     ("export node", case_node_sdk),
+    ("export http-proxy", case_http_proxy),
     ("export invalid-name", case_invalid_stream_name),
     ("export invalid-channel", case_invalid_channel),
 ]
