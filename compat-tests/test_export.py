@@ -49,7 +49,8 @@ Cases (each with its own weir, store and environment: harness.Weir(env=...)):
   limits       moto's own ValidationException for a record of 1 MiB + 1: that record
                alone is skipped; STREAM_MANAGER_EXPORTER_THREAD_POOL_SIZE=1: while one
                request is held no second one reaches the proxy (a bounded 1 s look:
-               a negative, which slowness can only make pass); backlogs of 1100 small
+               a negative, which slowness can only make pass); batchSize=1 sends a
+               backlog one record a call; backlogs of 1100 small
                and 12 x 600 kB records go in PutRecords of at most 500 records and
                5 MiB, in order, each record with its own random partition key.
   lifecycle    (moto) a missing Kinesis stream shows ResourceNotFoundException and the
@@ -953,7 +954,23 @@ def case_cloud_limits(ctx):
     eq((kdata(kin, "pool-a-ks"), kdata(kin, "pool-b-ks")), ([b"pool-a"], [b"pool-b"]), "pool-a-ks, pool-b-ks")
     ctx.ok(ctx.stage, "one upload at a time: the second export's request waited for the held one, then both arrived")
 
+    ctx.stage = "export batch-size-1"
+    kin.create_stream("one-ks")
+    one = [f"one-{i}".encode() for i in range(5)]
+    with connect(w2) as c:
+        c.create_message_stream(kinesis_def("One", "k", "one-ks", batch_size=1, disabled=True))
+        for p in one:
+            c.append_message("One", p)
+        n0 = proxy.count("PutRecords")
+        c.update_message_stream(kinesis_def("One", "k", "one-ks", batch_size=1))
+        wait_exported(c, "One", "k", len(one) - 1)
+    eq([[d for d, _ in cl.sent] for cl in proxy.calls("PutRecords")[n0:]], [[p] for p in one],
+       "PutRecords of a backlog of 5 with batchSize 1")
+    eq(kdata(kin, "one-ks"), one, "one-ks")
+    ctx.ok(ctx.stage, "batchSize=1: a backlog of 5 went in 5 PutRecords of one record, in order")
+
     ctx.stage = "export request-limits-500-records-5MiB"
+    n_limits = proxy.count("PutRecords")
     many = [f"many-{i:04d}".encode() for i in range(1100)]
     bulky = [bytes([65 + i]) * 600000 for i in range(12)]
     with connect(w2) as c:
@@ -971,7 +988,7 @@ def case_cloud_limits(ctx):
     got = kdata(kin, "bulky-ks")
     eq(len(got), len(bulky), "records in bulky-ks")
     eq(got, bulky, "bulky-ks")
-    calls = proxy.calls("PutRecords")
+    calls = proxy.calls("PutRecords")[n_limits:]
     sizes = [(len(cl.sent), sum(len(d) + len(k) for d, k in cl.sent)) for cl in calls]
     need(all(n <= 500 and b <= 5 << 20 for n, b in sizes), f"a PutRecords over 500 records or 5 MiB: {sizes}")
     need(all(cl.status == 200 for cl in calls), f"a PutRecords not answered 200: {[(cl.fault, cl.status) for cl in calls]}")
