@@ -82,6 +82,9 @@ Cases (each with its own weir, store and environment: harness.Weir(env=...)):
   http-proxy   HTTP_PROXY: an endpoint whose host does not resolve is reached through
                a forward proxy (absolute-form request-target); NO_PROXY=127.0.0.1 goes
                around a proxy on a closed port.
+  crowd        300 streams with an export each created back to back (more registry
+               events than weir keeps for a lagging export manager): every stream's
+               record arrives once.
   invalid-name / invalid-channel
                an export to a Kinesis stream name (IoT Analytics channel name) the
                service refuses as invalid, then fixed by an update with the same
@@ -1521,6 +1524,29 @@ def case_http_proxy(ctx):
     ctx.ok(ctx.stage, "with HTTP_PROXY on a closed port and NO_PROXY=127.0.0.1 the export went straight there")
 
 
+# -- 17. many streams created at once --------------------------------------------------------------------
+
+
+def case_many_streams(ctx):
+    lite = ctx.clouds["kinesalite"]
+    kin = lite.kinesis()
+    kin.create_stream("crowd-ks")
+    w = ctx.weir("crowd", weir_env(lite.endpoint))
+    ctx.stage = "export 300-streams-created-at-once"
+    # More registry events than weir keeps for a lagging export manager (256) in a burst.
+    n = 300
+    with connect(w) as c:
+        for i in range(n):
+            c.create_message_stream(kinesis_def(f"Crowd{i:03d}", "k", "crowd-ks"))
+        for i in range(n):
+            c.append_message(f"Crowd{i:03d}", f"crowd-{i:03d}".encode())
+        for i in range(n):
+            wait_exported(c, f"Crowd{i:03d}", "k", 0)
+    got = kdata(kin, "crowd-ks")
+    eq(sorted(got), [f"crowd-{i:03d}".encode() for i in range(n)], "crowd-ks (one record from each stream)")
+    ctx.ok(ctx.stage, f"{n} streams created back to back, one export each: every record arrived once")
+
+
 # -- 13. an invalid target name, then fixed (weir bug: the messages are discarded) -----------------------------------------------------------
 
 
@@ -1600,6 +1626,7 @@ CASES = [
     ("export tes", case_tes_credentials),
     ("export node", case_node_sdk),
     ("export http-proxy", case_http_proxy),
+    ("export crowd", case_many_streams),
     ("export invalid-name", case_invalid_stream_name),
     ("export invalid-channel", case_invalid_channel),
 ]
