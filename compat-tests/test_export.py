@@ -81,7 +81,8 @@ Cases (each with its own weir, store and environment: harness.Weir(env=...)):
                binary payloads arrive byte for byte at both.
   http-proxy   HTTP_PROXY: an endpoint whose host does not resolve is reached through
                a forward proxy (absolute-form request-target); NO_PROXY=127.0.0.1 goes
-               around a proxy on a closed port.
+               around a proxy on a closed port; AWS_ENDPOINT_URL alone is used for
+               Kinesis, and AWS_ENDPOINT_URL_KINESIS wins over it.
   crowd        100 streams with an export each created back to back, one record
                appended to each: 100 pipelines share the 5 upload slots; every
                stream's record arrives once.
@@ -1522,6 +1523,23 @@ def case_http_proxy(ctx):
         wait_exported(c, "Bypass", "k", 0)
     eq(kdata(kin, "bypass-ks"), [b"bypass"], "bypass-ks")
     ctx.ok(ctx.stage, "with HTTP_PROXY on a closed port and NO_PROXY=127.0.0.1 the export went straight there")
+
+    ctx.stage = "export AWS_ENDPOINT_URL-and-its-per-service-override"
+    kin.create_stream("global-ks")
+    kin.create_stream("specific-ks")
+    w3 = ctx.weir("endpoint-global", weir_env(None, AWS_ENDPOINT_URL=lite.endpoint))
+    with connect(w3) as c:
+        c.create_message_stream(kinesis_def("Global", "k", "global-ks"))
+        c.append_message("Global", b"global")
+        wait_exported(c, "Global", "k", 0)
+    eq(kdata(kin, "global-ks"), [b"global"], "global-ks (AWS_ENDPOINT_URL only)")
+    w4 = ctx.weir("endpoint-specific", weir_env(lite.endpoint, AWS_ENDPOINT_URL=f"http://127.0.0.1:{closed_port()}"))
+    with connect(w4) as c:
+        c.create_message_stream(kinesis_def("Specific", "k", "specific-ks"))
+        c.append_message("Specific", b"specific")
+        wait_exported(c, "Specific", "k", 0)
+    eq(kdata(kin, "specific-ks"), [b"specific"], "specific-ks (AWS_ENDPOINT_URL_KINESIS over AWS_ENDPOINT_URL)")
+    ctx.ok(ctx.stage, "AWS_ENDPOINT_URL alone reaches Kinesis; AWS_ENDPOINT_URL_KINESIS wins over it")
 
 
 # -- 17. many streams created at once --------------------------------------------------------------------
