@@ -13,7 +13,10 @@ Stand-ins
               interface, so a tiny node script runs
               `require('kinesalite')({createStreamMs: 0, ...}).listen(0, '127.0.0.1')`
               and prints `kinesalite listening on 127.0.0.1:PORT` (CLOUD.md
-              "Stand-ins on loopback").
+              "Stand-ins on loopback").  Its shard limit is raised from 10 (real
+              Kinesis's old default account limit, which kinesalite enforces with
+              LimitExceededException on CreateStream) to 1000, so one driver can
+              create a stream per case.
 Both are ready when that line has appeared AND a ListStreams call answers 200,
 within START_DEADLINE_S.  stop(): SIGTERM, SIGKILL after STOP_DEADLINE_S.
 
@@ -303,7 +306,7 @@ class Moto(_StandInProcess):
 
 
 KINESALITE_JS = """
-const server = require('kinesalite')({createStreamMs: 0, deleteStreamMs: 0, updateStreamMs: 0});
+const server = require('kinesalite')({createStreamMs: 0, deleteStreamMs: 0, updateStreamMs: 0, shardLimit: 1000});
 server.listen(0, '127.0.0.1', () => {
   console.log('kinesalite listening on 127.0.0.1:' + server.address().port);
 });

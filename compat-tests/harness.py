@@ -70,11 +70,14 @@ def node_modules():
 class Weir:
     """One weir process with its own store directory and auth token."""
 
-    def __init__(self, name="weir", store=None):
+    def __init__(self, name="weir", store=None, env=None):
         """store: a store folder of the caller's (e.g. on a file system it mounted);
         created if missing and never removed here.  By default a fresh folder in
-        the temporary directory, removed with it."""
+        the temporary directory, removed with it.  env: variables set for every
+        weir process of this object on top of os.environ (a value None removes the
+        variable), so a case's export settings do not leak into another's."""
         self.name = name
+        self.env = dict(env or {})
         self.binary = weir_binary()
         self.tmp = tempfile.mkdtemp(prefix=f"weir-compat-{name}-")
         self.store = os.path.abspath(store) if store else os.path.join(self.tmp, "store")
@@ -105,14 +108,20 @@ class Weir:
         self._ready = threading.Event()
         self.host = self.port = None
         env = dict(os.environ)
+        # Do not leak a token from the caller's environment into weir (env= may set one:
+        # the token exchange service's, as on a Greengrass device).
+        env.pop("AWS_CONTAINER_AUTHORIZATION_TOKEN", None)
+        for k, v in self.env.items():
+            if v is None:
+                env.pop(k, None)
+            else:
+                env[k] = v
         env.update({
             "STREAM_MANAGER_SERVER_PORT": str(port),
             "STREAM_MANAGER_STORE_ROOT_DIR": self.store,
             "STREAM_MANAGER_AUTHENTICATE_CLIENT": "true",
             "WEIR_AUTH_TOKEN_FILE": self.token_file,
         })
-        # Do not leak a token from the caller's environment into weir.
-        env.pop("AWS_CONTAINER_AUTHORIZATION_TOKEN", None)
         self.proc = subprocess.Popen(
             [self.binary], env=env, cwd=self.tmp,
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,

@@ -14,10 +14,15 @@ test can check every value exactly:
     random seq=<n> value=<int> payload=<hex>
     describe <json of MessageStreamInfo.as_dict()>
     done
+--hold-after K (test_export.py) adds, after the K-th random append, the line
+    hold
+and waits for a line on stdin before going on (the test restarts weir there;
+the client reconnects by itself on its next request).
 """
 import argparse
 import json
 import random
+import sys
 import time
 
 from greengrasssdk.stream_manager import (
@@ -42,6 +47,8 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--count", type=int, default=5, help="number of random integers to append")
     parser.add_argument("--interval", type=float, default=1.0, help="seconds between random appends")
+    parser.add_argument("--hold-after", type=int, default=None,
+                        help="after this many random appends print 'hold' and wait for a line on stdin")
     args = parser.parse_args()
 
     client = StreamManagerClient()
@@ -80,6 +87,9 @@ def main():
             payload = value.to_bytes(length=4, signed=True, byteorder="big")
             seq = client.append_message(STREAM_NAME, payload)
             say("random seq={} value={} payload={}".format(seq, value, payload.hex()))
+            if args.hold_after is not None and i + 1 == args.hold_after:
+                say("hold")
+                sys.stdin.readline()
             if i + 1 < args.count:
                 time.sleep(args.interval)  # pacing like the sample, not synchronisation
 
