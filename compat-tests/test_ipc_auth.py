@@ -11,8 +11,8 @@
     token is served, an invalid one is refused as Unauthorized, a validation the nucleus holds
     does not hold up another client's handshake, validations share one IPC connection, a
     nucleus that never answers or is down gets the client refused (and a log line), a
-    restarted nucleus serves clients again, and the lite mode (replies without the terminate
-    flag) works.
+    restarted nucleus serves clients again, the lite mode (replies without the terminate
+    flag) works, and a nucleus that refuses weir's own CONNECT (both ways) refuses clients.
 
 Every process started here (stand-ins, weir, clients) is stopped by its own PID. The same file,
 run with a first argument `awsiotsdk` or `sm-client`, is the client program of (a) or (b).
@@ -325,7 +325,8 @@ def check_weir(report, tmp):
             attempts.append(sm_client(weir, CLIENT_TOKEN))
             if attempts[-1] == "SERVED" or time.monotonic() > end:
                 break
-        expect(report, "nucleus restarted: a valid token is served again", attempts[-1], "SERVED", weir, nucleus)
+        expect(report, f"nucleus restarted: a valid token is served again ({len(attempts)} attempt(s))", attempts[-1],
+               "SERVED", weir, nucleus)
         expect(report, "nucleus restarted: an invalid token is still Unauthorized", sm_client(weir, BAD_TOKEN),
                "REFUSED status=Unauthorized exc=ConnectFailedException", weir, nucleus)
         nucleus.stop()
@@ -344,6 +345,26 @@ def check_weir(report, tmp):
                "REFUSED status=Unauthorized exc=ConnectFailedException", weir, nucleus)
         weir.stop()
         report.ok("weir stops cleanly (exit 0, no panic)")
+
+        # A nucleus that refuses weir's own CONNECT (an SVCUID it does not know): lite closes
+        # the connection without an ACK, classic ACKs without the accepted flag.
+        for mode in ("lite", "classic"):
+            if nucleus.mode != mode:
+                nucleus.stop()
+                nucleus = StandIn(sock, mode)
+            weir = Weir(f"ipc-auth-{mode}")
+            with NucleusEnv({"SVCUID": UNKNOWN_SVCUID,
+                             "AWS_GG_NUCLEUS_DOMAIN_SOCKET_FILEPATH_FOR_COMPONENT": sock}):
+                weir.start()
+            expect(report, f"{mode}: a nucleus that refuses weir's CONNECT gets the client refused",
+                   sm_client(weir, CLIENT_TOKEN), "REFUSED status=UnknownFailure exc=ConnectFailedException",
+                   weir, nucleus)
+            case = f"{mode}: weir logs that the nucleus did not accept its connect"
+            if any("did not accept weir's IPC connect" in l for l in weir.current_log()):
+                report.ok(case)
+            else:
+                report.fail(case, weir.log_tail(20))
+            weir.stop()
     except BaseException:
         weir.kill()
         raise
