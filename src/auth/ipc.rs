@@ -38,7 +38,7 @@ use aws_sdk_kinesis::primitives::event_stream::{Header, HeaderValue, Message};
 use aws_smithy_eventstream::frame::{read_message_from, write_message_to};
 use bytes::{Bytes, BytesMut};
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
@@ -319,7 +319,6 @@ impl std::fmt::Debug for IpcSettings {
 pub struct IpcValidator {
     requests: mpsc::Sender<Pending>,
     timeout: Duration,
-    socket: PathBuf,
 }
 
 struct Pending {
@@ -344,14 +343,9 @@ impl IpcValidator {
         let validator = IpcValidator {
             requests,
             timeout: settings.timeout,
-            socket: settings.socket.clone(),
         };
         tokio::spawn(Client::new(settings, queue).run());
         validator
-    }
-
-    pub fn socket(&self) -> &Path {
-        &self.socket
     }
 
     /// Asks the nucleus whether `token` is valid; never waits longer than

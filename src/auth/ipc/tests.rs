@@ -3,6 +3,7 @@
 //! Unix socket (multiplexing, lite replies, no answer, garbage, a restart).
 
 use super::*;
+use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::net::UnixListener;
@@ -210,6 +211,9 @@ enum Script {
     /// Tokens starting `good` are valid, others not; replies flagged
     /// terminate (classic) or not (lite).
     Answer { terminate: bool },
+    /// Pings before answering each validation (as valid), and checks the
+    /// PING_RESPONSE echoes the ping's own headers and payload.
+    Ping,
     /// Accepts the connection, never answers a validation.
     Silent,
     /// Answers validations with bytes that are no message.
@@ -301,6 +305,33 @@ async fn serve_scripted(mut socket: UnixStream, script: Script) {
                     HeaderValue::String(model.into()),
                 )];
                 frame(&rpc_message(kind, flags, stream, headers, None, payload))
+            }
+            Script::Ping => {
+                let ping = rpc_message(
+                    kind::PING,
+                    0,
+                    0,
+                    vec![Header::new("x-probe", HeaderValue::Int32(7))],
+                    None,
+                    "probe",
+                );
+                socket.write_all(&frame(&ping)).await.unwrap();
+                let pong = next(&mut socket, &mut buf).await.unwrap();
+                assert_eq!(rpc_headers(&pong).unwrap(), (kind::PING_RESPONSE, 0, 0));
+                assert_eq!(header(&pong, "x-probe"), Some(&HeaderValue::Int32(7)));
+                assert_eq!(&pong.payload()[..], b"probe");
+                let headers = vec![Header::new(
+                    "service-model-type",
+                    HeaderValue::String(RESPONSE_MODEL.into()),
+                )];
+                frame(&rpc_message(
+                    kind::APPLICATION_MESSAGE,
+                    TERMINATE_STREAM,
+                    stream,
+                    headers,
+                    None,
+                    r#"{"isValid":true}"#,
+                ))
             }
             Script::Silent => continue,
             Script::Garbage => {
@@ -396,6 +427,19 @@ async fn a_nucleus_that_fails_refuses_and_one_that_comes_back_is_used_again() {
         }
     }
     assert_eq!(v.validate("bad").await, Admission::Unauthorized);
+    nucleus.stop();
+}
+
+#[tokio::test]
+async fn a_ping_from_the_nucleus_is_answered_in_between() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ipc.socket");
+    let nucleus = Nucleus::start(&path, Script::Ping);
+    let v = validator(&path, VALIDATION_TIMEOUT);
+    for _ in 0..3 {
+        assert_eq!(v.validate("good").await, Admission::Admitted);
+    }
+    assert_eq!(nucleus.connections.load(Ordering::SeqCst), 1);
     nucleus.stop();
 }
 
