@@ -31,6 +31,10 @@
 #                           with a request in flight, disabled/startSequenceNumber, refused records,
 #                           request limits, retention, IoT Analytics (and its redirect to Kinesis), bandwidth
 #                           priority
+#      test_ipc_auth.py     client tokens validated by the Greengrass nucleus over its IPC socket: the
+#                           nucleus stand-in (nucleus_ipc.py) checked with the real awsiotsdk IPC client,
+#                           then weir against it with the stream_manager SDK (valid, invalid, held,
+#                           silent, down, restarted, lite)
 # Exits non-zero if anything failed. Under CI=true a skip is a failure too: a test whose
 # output has a SKIP line, a summary with skip=<n> or "<n> skipped" (n > 0) fails.
 # Needs: pyenv Python 3.7.16 + 3.11.7, node, npm.
@@ -60,7 +64,7 @@ py="$cache/py311-stream-manager-1.1.2/bin/python"
 
 declare -a names=() results=()
 start_all=$SECONDS
-all_tests=(test_gg110 test_conformance test_hostile test_crash test_restart test_full_disk test_cloud_standins test_export)
+all_tests=(test_gg110 test_conformance test_hostile test_crash test_restart test_full_disk test_cloud_standins test_export test_ipc_auth)
 if [ $# -gt 0 ]; then selected=("$@"); else selected=("${all_tests[@]}"); fi
 for t in "${selected[@]}"; do
   if [ ! -f "$here/$t.py" ]; then echo "compat: no test $t (one of: ${all_tests[*]})" >&2; exit 1; fi

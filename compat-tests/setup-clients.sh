@@ -9,6 +9,8 @@
 #   py311-moto-5.2.5           Python 3.11, moto[server]==5.2.5 + boto3==1.44.8 (Kinesis stand-in,
 #                              and the real boto3 that test_cloud_standins.py checks the stand-ins with)
 #   node-kinesalite-3.3.3      npm kinesalite@3.3.3 (a second Kinesis stand-in)
+#   py311-awsiotsdk-1.31.0     Python 3.11, awsiotsdk==1.31.0 + awscrt==0.36.1 (the real Greengrass IPC
+#                              client that test_ipc_auth.py checks the nucleus stand-in with)
 #
 # The three Python SDKs pin different cbor2 releases, hence one venv each; moto
 # and boto3 get theirs too (the drivers' venv stays without them).
@@ -38,6 +40,7 @@ make_venv py37-greengrasssdk-1.5.0 3.7 greengrasssdk==1.5.0
 make_venv py311-greengrasssdk-1.6.1 3.11 greengrasssdk==1.6.1
 make_venv py311-stream-manager-1.1.2 3.11 stream-manager==1.1.2
 make_venv py311-moto-5.2.5 3.11 'moto[server]==5.2.5' boto3==1.44.8
+make_venv py311-awsiotsdk-1.31.0 3.11 awsiotsdk==1.31.0 awscrt==0.36.1
 
 make_node() { # folder package@version
   local dir="$cache/$1" pkg="$2"

@@ -6,7 +6,9 @@
 //! |---|---|---|
 //! | `STREAM_MANAGER_SERVER_PORT` | 8088 | TCP port; 0 picks a free one (logged) |
 //! | `STREAM_MANAGER_STORE_ROOT_DIR` | `./weir-store` | folder of the stream store and the default token file |
-//! | `STREAM_MANAGER_AUTHENTICATE_CLIENT` | true | require a known `authToken` in the handshake |
+//! | `STREAM_MANAGER_AUTHENTICATE_CLIENT` | true | require a valid `authToken` in the handshake: checked with the Greengrass nucleus when the next two are set, else against the token file ([`crate::auth`]) |
+//! | `SVCUID` | | set by the Greengrass v2 nucleus: weir's own IPC token; with the socket below, client tokens are validated over the nucleus IPC (`ValidateAuthorizationToken`) |
+//! | `AWS_GG_NUCLEUS_DOMAIN_SOCKET_FILEPATH_FOR_COMPONENT` (or `AWS_GG_NUCLEUS_DOMAIN_SOCKET_FILEPATH`) | | set by the nucleus: its IPC socket; a relative path is relative to the working directory |
 //! | `STREAM_MANAGER_EXPORTER_MAX_BANDWIDTH` | unlimited | average kbit/s of all exports together; when short, higher-priority exports go first |
 //! | `STREAM_MANAGER_EXPORTER_THREAD_POOL_SIZE` (or `STREAM_MANAGER_THREAD_POOL_SIZE`) | 5 | uploads in progress at once |
 //! | `STREAM_MANAGER_EXPORTER_S3_DESTINATION_MULTIPART_UPLOAD_MIN_PART_SIZE_BYTES` | 5242880 | S3 part size |
@@ -15,13 +17,13 @@
 //! | `WEIR_IOT_ANALYTICS_TO_KINESIS` | none | `channel=kinesisStream,...` (or one stream name for every channel): IoT Analytics exports of those channels go to Kinesis instead (IoT Analytics was retired on 2025-12-15) |
 //! | `WEIR_RETENTION_FOLLOWS_EXPORTS` | false | `true`: a `RejectNewData` stream frees the whole segments all of its exports have passed, so a stream that filled during an outage takes appends again once its backlog is exported; `false` keeps the Java server's semantics |
 //! | `WEIR_BIND_ADDRESS` | 127.0.0.1 | address to listen on |
-//! | `WEIR_AUTH_TOKEN_FILE` | `<store root>/auth_token`, created if missing | accepted tokens, one per line |
+//! | `WEIR_AUTH_TOKEN_FILE` | `<store root>/auth_token`, created if missing | accepted tokens, one per line (not used when the nucleus IPC is) |
 //! | `WEIR_MAX_FRAME_BYTES` | 16777216 | largest request frame taken; a larger one is read past and answered `RequestPayloadTooLarge` |
 //! | `WEIR_MAX_CONNECTIONS` | 256 | concurrent client connections; past it a new one is closed at once |
 //! | `WEIR_MAX_READ_BYTES` | 4194304 | bytes one read answer's messages may take, encoding included; more messages wait for the next read (at least one is always returned) |
 //! | `WEIR_SYNC_INTERVAL_MS` | 1000 | how often appends to `File` streams without `flushOnWrite` are synced: a power cut can take at most this much |
 //! | `WEIR_SHUTDOWN_TIMEOUT_MS` | 5000 | on SIGTERM, how long requests in progress may take before their connections are closed |
-//! | `WEIR_HANDSHAKE_TIMEOUT_MS` | 5000 | a socket that has not completed its handshake by then is closed |
+//! | `WEIR_HANDSHAKE_TIMEOUT_MS` | 5000 | a socket that has not sent its Connect by then is closed (validating its token with the nucleus has a bound of its own, 8 s) |
 //! | `WEIR_MAX_HANDSHAKING` | 64 | sockets still in their handshake; one more closes the oldest |
 //! | `WEIR_MAX_RECEIVING_BYTES` | 67108864 | bytes of partly received large request frames, all connections together |
 //! | `WEIR_MAX_QUEUED_BYTES` | 8388608 | answer bytes waiting for one client to read them before its requests stop being read |
@@ -34,6 +36,7 @@
 //! Why each default is what it is: [`crate::server::ServerLimits`] (the
 //! server's limits) and the comments below.
 
+use crate::auth::ipc::{IpcSettings, VALIDATION_TIMEOUT};
 use crate::protocol::MAX_FRAME_LEN;
 use crate::server::ServerLimits;
 use std::net::{IpAddr, Ipv4Addr};
@@ -67,6 +70,9 @@ pub struct Config {
     pub authenticate_client: bool,
     /// `None`: `<store root>/auth_token`, created when missing.
     pub auth_token_file: Option<PathBuf>,
+    /// `SVCUID` and the nucleus socket, when both are set: tokens are
+    /// validated by the nucleus (the token file is not used).
+    pub nucleus_ipc: Option<IpcSettings>,
     pub max_frame_len: usize,
     pub max_connections: usize,
     /// kbit/s; `None` is unlimited.
@@ -150,6 +156,7 @@ impl Config {
                 .map_or_else(|| PathBuf::from(DEFAULT_STORE_ROOT), PathBuf::from),
             authenticate_client,
             auth_token_file: get("WEIR_AUTH_TOKEN_FILE").map(PathBuf::from),
+            nucleus_ipc: nucleus_ipc(&get),
             max_frame_len,
             max_connections: positive(
                 "WEIR_MAX_CONNECTIONS",
@@ -194,6 +201,22 @@ impl Config {
     pub fn from_env() -> Result<Config, ConfigError> {
         Self::from_lookup(|name| std::env::var(name).ok())
     }
+}
+
+/// The nucleus IPC, when the nucleus gave weir a token and a socket. The
+/// path is kept as given: a relative one is relative to the working
+/// directory, and making it absolute could take it past the 108 bytes a
+/// socket address holds (the reason the classic nucleus hands out a
+/// relative one).
+fn nucleus_ipc(get: &impl Fn(&str) -> Option<String>) -> Option<IpcSettings> {
+    let svcuid = get("SVCUID")?;
+    let socket = get("AWS_GG_NUCLEUS_DOMAIN_SOCKET_FILEPATH_FOR_COMPONENT")
+        .or_else(|| get("AWS_GG_NUCLEUS_DOMAIN_SOCKET_FILEPATH"))?;
+    Some(IpcSettings {
+        socket: PathBuf::from(socket),
+        svcuid,
+        timeout: VALIDATION_TIMEOUT,
+    })
 }
 
 /// `value` parsed, or `default` when the variable is not set; a value that
@@ -356,6 +379,49 @@ mod tests {
         assert_eq!(e.name, "WEIR_RETENTION_FOLLOWS_EXPORTS");
         let e = config(&[("STREAM_MANAGER_EXPORTER_THREAD_POOL_SIZE", "0")]).unwrap_err();
         assert_eq!(e.name, "STREAM_MANAGER_EXPORTER_THREAD_POOL_SIZE");
+    }
+
+    #[test]
+    fn the_nucleus_ipc_is_used_when_greengrass_sets_its_variables() {
+        assert_eq!(config(&[]).unwrap().nucleus_ipc, None);
+        assert_eq!(
+            config(&[("SVCUID", "ABCDEFGHIJKLMNOP")])
+                .unwrap()
+                .nucleus_ipc,
+            None
+        );
+        let socket = "AWS_GG_NUCLEUS_DOMAIN_SOCKET_FILEPATH_FOR_COMPONENT";
+        assert_eq!(
+            config(&[(socket, "/gg/ipc.socket")]).unwrap().nucleus_ipc,
+            None
+        );
+        let ipc = config(&[
+            ("SVCUID", "ABCDEFGHIJKLMNOP"),
+            (socket, "../../ipc.socket"),
+            ("AWS_GG_NUCLEUS_DOMAIN_SOCKET_FILEPATH", "/gg/ipc.socket"),
+        ])
+        .unwrap()
+        .nucleus_ipc
+        .unwrap();
+        assert_eq!(
+            ipc.socket,
+            PathBuf::from("../../ipc.socket"),
+            "kept relative"
+        );
+        assert_eq!(ipc.svcuid, "ABCDEFGHIJKLMNOP");
+        assert!(
+            !format!("{ipc:?}").contains("ABCDEFGHIJKLMNOP"),
+            "the token is not logged"
+        );
+        let fallback = config(&[
+            ("SVCUID", "ABCDEFGHIJKLMNOP"),
+            ("AWS_GG_NUCLEUS_DOMAIN_SOCKET_FILEPATH", "/gg/ipc.socket"),
+        ])
+        .unwrap();
+        assert_eq!(
+            fallback.nucleus_ipc.unwrap().socket,
+            PathBuf::from("/gg/ipc.socket")
+        );
     }
 
     #[test]

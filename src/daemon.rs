@@ -68,7 +68,21 @@ pub async fn run(
     // Before anything reads the store: two weirs writing one folder would
     // each overwrite the other's segments.
     let _lock = StoreLock::acquire(&config.store_root)?;
-    let auth = if config.authenticate_client {
+    let auth = if !config.authenticate_client {
+        tracing::warn!("client authentication is off: any local process may connect");
+        Authenticator::Disabled
+    } else if let Some(ipc) = &config.nucleus_ipc {
+        if config.auth_token_file.is_some() {
+            tracing::warn!(
+                "WEIR_AUTH_TOKEN_FILE is not used: the Greengrass nucleus validates client tokens"
+            );
+        }
+        tracing::info!(
+            socket = %ipc.socket.display(),
+            "client tokens are validated by the Greengrass nucleus over its IPC socket"
+        );
+        Authenticator::nucleus_ipc(ipc.clone())
+    } else {
         let (path, default) = match &config.auth_token_file {
             Some(path) => (path.clone(), false),
             None => (config.store_root.join("auth_token"), true),
@@ -78,9 +92,6 @@ pub async fn run(
             tracing::info!(path = %path.display(), "clients must present a token from this file");
         }
         auth
-    } else {
-        tracing::warn!("client authentication is off: any local process may connect");
-        Authenticator::Disabled
     };
     // A read answer is built in memory: its size is bounded by the
     // configuration, never only by the protocol's 1 GiB frame limit.

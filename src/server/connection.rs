@@ -33,6 +33,7 @@ use super::budget::{ByteBudget, Reserved};
 use super::codec::{request_id_in_head, CodecError, FrameReader, Received};
 use super::dispatch::{GivenUp, Handled, Pending};
 use super::{HandshakeSlot, ServerContext, ServerLimits};
+use crate::auth::Admission;
 use crate::protocol::status::Operation;
 use crate::protocol::{
     ConnectRequest, ConnectResponse, DecodeError, Failure, ProtocolVersion, Reply, ReplyBody,
@@ -144,13 +145,9 @@ async fn serve_client(
     // Clients (Java explicitly) want answers without Nagle delays.
     socket.set_nodelay(true)?;
     let (reader, mut writer) = socket.into_split();
-    let timeout = ctx.limits.handshake_timeout;
-    let handshake = tokio::time::timeout(
-        timeout,
-        handshake(reader, &mut writer, ctx, client, connections),
-    );
+    let handshake = handshake(reader, &mut writer, ctx, client, connections);
     let outcome = tokio::select! {
-        result = handshake => result.map_err(|_| ConnectionError::HandshakeTimeout(timeout))?,
+        result = handshake => result,
         () = slot.evicted() => return Err(ConnectionError::Evicted),
         () = shutdown.cancelled() => return Ok(()),
     };
@@ -171,7 +168,9 @@ async fn serve_client(
 /// negotiated version, the frame reader, which may already hold requests
 /// the client sent right behind its Connect, and the connection's place
 /// among those served (taken only once the client is known: sockets in
-/// their handshake have their own cap).
+/// their handshake have their own cap). The Connect must arrive within
+/// [`ServerLimits::handshake_timeout`]; checking its token has a bound of
+/// its own (the IPC's).
 async fn handshake(
     mut reader: OwnedReadHalf,
     writer: &mut OwnedWriteHalf,
@@ -191,8 +190,13 @@ async fn handshake(
             Err(e) => ConnectionError::Io(e),
         }
     };
+    let timeout = ctx.limits.handshake_timeout;
+    let deadline = tokio::time::Instant::now() + timeout;
+    let late = |_| ConnectionError::HandshakeTimeout(timeout);
     let mut byte = [0u8; 1];
-    reader.read_exact(&mut byte).await?;
+    tokio::time::timeout_at(deadline, reader.read_exact(&mut byte))
+        .await
+        .map_err(late)??;
     if byte[0] != CONNECT_VERSION {
         let message = format!(
             "connect version {} is not supported; expected {CONNECT_VERSION}",
@@ -201,7 +205,10 @@ async fn handshake(
         return Err(refuse(writer, None, StatusCode::UnsupportedConnectVersion, message).await);
     }
     let mut frames = FrameReader::new(reader, MAX_CONNECT_FRAME, ctx.receiving.clone());
-    let frame = match frames.next().await {
+    let frame = match tokio::time::timeout_at(deadline, frames.next())
+        .await
+        .map_err(late)?
+    {
         Some(Ok(Received::Frame(frame))) => frame,
         Some(Ok(Received::TooLarge { len, .. })) => {
             return Err(ConnectionError::Protocol(format!(
@@ -227,15 +234,23 @@ async fn handshake(
             return Err(refuse(writer, request.request_id, status, message).await);
         }
     };
-    if !ctx.auth.admits(request.auth_token.as_deref()) {
-        let message = "the authentication token is missing or not valid".to_owned();
-        return Err(refuse(
-            writer,
-            request.request_id,
+    // May wait for the nucleus: only this connection waits.
+    let (status, message) = match ctx.auth.check(request.auth_token.as_deref()).await {
+        Admission::Admitted => (StatusCode::Success, String::new()),
+        Admission::Unauthorized => (
             StatusCode::Unauthorized,
-            message,
-        )
-        .await);
+            "the authentication token is missing or not valid".to_owned(),
+        ),
+        Admission::Refused(reason) => {
+            tracing::warn!(%reason, "refused a client: its token could not be validated");
+            (
+                StatusCode::UnknownFailure,
+                format!("the authentication token could not be validated: {reason}"),
+            )
+        }
+    };
+    if status != StatusCode::Success {
+        return Err(refuse(writer, request.request_id, status, message).await);
     }
     let Ok(connection) = connections.try_acquire_owned() else {
         // The connections filled up while this one was in its handshake.

@@ -57,7 +57,8 @@ pub struct ServerLimits {
     /// token cannot keep the slots of real clients, which send their Connect
     /// at once.
     pub max_handshaking: usize,
-    /// A socket that has not completed its handshake by then is closed.
+    /// A socket that has not sent its Connect by then is closed (checking
+    /// its token has its own bound: the nucleus IPC's).
     pub handshake_timeout: Duration,
     /// After a shutdown signal, how long requests in progress may take
     /// before the connections left are closed.

@@ -1,13 +1,36 @@
-//! Client authentication by token.
+//! Client authentication by token: who may connect.
 //!
-//! With `STREAM_MANAGER_AUTHENTICATE_CLIENT=true` (the default) a client's
-//! `authToken` must equal one of the tokens in the token file (one per line,
-//! blank lines and `#` comments ignored). The genuine server asks Greengrass
-//! over IPC instead; weir reads a file that packaging fills. If no file is
-//! configured, weir creates `<store root>/auth_token` with a random token
-//! (mode 0600) so a local program can export
-//! `AWS_CONTAINER_AUTHORIZATION_TOKEN` from it. The file is read again when a
-//! token does not match, so tokens can be added without a restart.
+//! A client presents a token in its Connect (`authToken`, which the SDKs
+//! take from `AWS_CONTAINER_AUTHORIZATION_TOKEN`); one check per
+//! connection, in its handshake. The mode is chosen at start-up
+//! ([`crate::config`], wired in [`crate::daemon`]):
+//!
+//! * **Off** (`STREAM_MANAGER_AUTHENTICATE_CLIENT=false`): any local
+//!   process may connect.
+//! * **Nucleus IPC** ([`ipc`]), when `SVCUID` and the nucleus socket
+//!   (`AWS_GG_NUCLEUS_DOMAIN_SOCKET_FILEPATH_FOR_COMPONENT`, else
+//!   `AWS_GG_NUCLEUS_DOMAIN_SOCKET_FILEPATH`) are set, as they are for a
+//!   Greengrass v2 component: weir asks the nucleus, as the genuine server
+//!   does, with `ValidateAuthorizationToken` over one shared IPC connection.
+//!   Valid → admitted; `InvalidTokenError` → `Unauthorized`; any other
+//!   answer, a nucleus that cannot be reached, drops the connection or does
+//!   not answer within [`ipc::VALIDATION_TIMEOUT`] → the client is refused
+//!   (`UnknownFailure`) and the reason logged, never let in. Works with the
+//!   classic nucleus and nucleus lite ≥ 2.0.1; the nucleus lets only a
+//!   component named `aws.greengrass.StreamManager` ask.
+//! * **Token file** otherwise: the `authToken` must equal one of the tokens
+//!   in the token file (one per line, blank lines and `#` comments
+//!   ignored). If no file is configured, weir creates `<store
+//!   root>/auth_token` with a random token (mode 0600) so a local program
+//!   can export `AWS_CONTAINER_AUTHORIZATION_TOKEN` from it. The file is
+//!   read again when a token does not match, so tokens can be added without
+//!   a restart.
+//!
+//! A check that waits (the IPC) holds up only its own connection's
+//! handshake.
+
+pub mod ipc;
+mod json;
 
 use std::fs;
 use std::io::Write;
@@ -39,6 +62,19 @@ pub enum Authenticator {
         path: PathBuf,
         tokens: RwLock<Vec<String>>,
     },
+    /// The Greengrass nucleus decides.
+    Ipc(ipc::IpcValidator),
+}
+
+/// The outcome of one client's check.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Admission {
+    Admitted,
+    /// The token is missing or not valid (status `Unauthorized`).
+    Unauthorized,
+    /// The token could not be checked (the reason, for the log): the client
+    /// is refused all the same.
+    Refused(String),
 }
 
 impl Authenticator {
@@ -56,19 +92,39 @@ impl Authenticator {
         })
     }
 
+    /// Asks the nucleus over its IPC socket (starts the task that talks
+    /// to it, on the current tokio runtime).
+    pub fn nucleus_ipc(settings: ipc::IpcSettings) -> Self {
+        Authenticator::Ipc(ipc::IpcValidator::start(settings))
+    }
+
     pub fn token_file(&self) -> Option<&Path> {
         match self {
-            Authenticator::Disabled => None,
             Authenticator::Tokens { path, .. } => Some(path),
+            Authenticator::Disabled | Authenticator::Ipc(_) => None,
         }
     }
 
-    /// Whether a client presenting `token` may connect.
-    pub fn admits(&self, token: Option<&str>) -> bool {
+    /// Whether a client presenting `token` may connect. Only the IPC mode
+    /// waits (bounded by its timeout).
+    pub async fn check(&self, token: Option<&str>) -> Admission {
+        let token = token.filter(|t| !t.is_empty());
+        match (self, token) {
+            (Authenticator::Disabled, _) => Admission::Admitted,
+            (_, None) => Admission::Unauthorized,
+            (Authenticator::Ipc(validator), Some(token)) => validator.validate(token).await,
+            (Authenticator::Tokens { .. }, Some(token)) => {
+                if self.token_file_admits(token) {
+                    Admission::Admitted
+                } else {
+                    Admission::Unauthorized
+                }
+            }
+        }
+    }
+
+    fn token_file_admits(&self, token: &str) -> bool {
         let Authenticator::Tokens { path, tokens } = self else {
-            return true;
-        };
-        let Some(token) = token.filter(|t| !t.is_empty()) else {
             return false;
         };
         let known = |tokens: &[String]| {
@@ -143,6 +199,14 @@ fn create_token_file(path: &Path) -> Result<(), AuthError> {
 mod tests {
     use super::*;
 
+    fn admits(auth: &Authenticator, token: Option<&str>) -> bool {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(auth.check(token)) == Admission::Admitted
+    }
+
     #[test]
     fn a_created_token_admits_only_itself_and_new_lines_are_picked_up() {
         let dir = tempfile::tempdir().unwrap();
@@ -158,12 +222,12 @@ mod tests {
                 0o600
             );
         }
-        assert!(auth.admits(Some(&token)));
-        assert!(!auth.admits(Some("nope")));
-        assert!(!auth.admits(Some("")));
-        assert!(!auth.admits(None));
+        assert!(admits(&auth, Some(&token)));
+        assert!(!admits(&auth, Some("nope")));
+        assert!(!admits(&auth, Some("")));
+        assert!(!admits(&auth, None));
         fs::write(&path, format!("{token}\n# second client\nlater-token\n")).unwrap();
-        assert!(auth.admits(Some("later-token")));
-        assert!(Authenticator::Disabled.admits(None));
+        assert!(admits(&auth, Some("later-token")));
+        assert!(admits(&Authenticator::Disabled, None));
     }
 }
