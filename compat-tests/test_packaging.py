@@ -15,7 +15,9 @@ nucleus: the classic one as `sh -c SCRIPT` with the rendered Setenv as the
 environment, the lite one as the shell script lite's recipe runner writes
 (`export KEY=value` lines, the script, the systemd-notify lines it appends).
 Variables are filled with the recipe's defaults, except the port (0: no fixed
-port) and the store folder (a temporary one), as a merge on a device would.
+port) and the store folder (a temporary one), as a merge on a device would; a
+third run keeps the default store, which (no /greengrass/v2 here) must become
+the component's work folder, as on a device with another root.
 weir must start from the artifact folder (its /proc/PID/exe is the artifact),
 have exactly those variables, serve the stream_manager 1.1.2 SDK, and stop
 with status 0 on SIGTERM to its PID. Only a device can check the rest: that
@@ -420,13 +422,19 @@ def merged_config(defaults, **overrides):
     return conf
 
 
-def run_manifest(report, case, kind, manifest, defaults, tmp, art_dir, jvm_args):
-    """Runs the manifest's startup step as its nucleus would, then a client."""
-    store = os.path.join(tmp, f"store-{kind}")
-    work = os.path.join(tmp, f"work-{kind}")
+def run_manifest(report, case, kind, manifest, defaults, tmp, art_dir, jvm_args, default_store=False):
+    """Runs the manifest's startup step as its nucleus would, then a client.
+
+    default_store: keep the genuine default store folder; with no /greengrass/v2
+    on this machine weir-launch.sh must use the work folder instead."""
+    work = os.path.join(tmp, f"work-{kind}-{int(default_store)}")
     os.makedirs(work)
-    config = merged_config(defaults, STREAM_MANAGER_SERVER_PORT="0", STREAM_MANAGER_STORE_ROOT_DIR=store,
-                           JVM_ARGS=jvm_args)
+    overrides = {"STREAM_MANAGER_SERVER_PORT": "0", "JVM_ARGS": jvm_args}
+    if default_store:
+        store = work if not os.path.isdir("/greengrass/v2") else defaults["STREAM_MANAGER_STORE_ROOT_DIR"]
+    else:
+        store = overrides["STREAM_MANAGER_STORE_ROOT_DIR"] = os.path.join(tmp, f"store-{kind}")
+    config = merged_config(defaults, **overrides)
     lc = manifest["Lifecycle"]
     step = lc["startup"]
     setenv = dict(lc.get("Setenv") or {})
@@ -449,6 +457,7 @@ def run_manifest(report, case, kind, manifest, defaults, tmp, art_dir, jvm_args)
         argv = ["sh", path]
         expected_env = {k: v for k, v in rendered.items()}
         expected_env["JVM_ARGS"] = jvm_args
+    expected_env["STREAM_MANAGER_STORE_ROOT_DIR"] = store
     server = Server(argv, env, work)
     try:
         server.wait_ready()
@@ -471,7 +480,8 @@ def run_manifest(report, case, kind, manifest, defaults, tmp, art_dir, jvm_args)
     if p:
         report.fail(case, "; ".join(p) + "\n" + server.tail())
     else:
-        report.ok(case, f"pid {server.pid} = {os.path.basename(exe)}, port {server.port}, JVM_ARGS {jvm_args!r}")
+        report.ok(case, f"pid {server.pid} = {os.path.basename(exe)}, port {server.port}, JVM_ARGS {jvm_args!r}, "
+                  f"store {'the work folder' if store == work else store}")
 
 
 def test_greengrass_v2(report):
@@ -502,6 +512,11 @@ def test_greengrass_v2(report):
         run_manifest(report, "gg2 classic startup serves a client", "classic", classic, defaults, tmp, art_dir, "")
         run_manifest(report, "gg2 lite startup serves a client", "lite", lite, defaults, tmp, art_dir,
                      "-Xmx64m -Daws.s3UseUsEast1RegionalEndpoint=regional")
+        if os.path.isdir("/greengrass/v2"):
+            report.fail("gg2 default store without /greengrass/v2", "this machine has /greengrass/v2; cannot check")
+        else:
+            run_manifest(report, "gg2 default store without /greengrass/v2 is the work folder", "lite", lite,
+                         defaults, tmp, art_dir, "", default_store=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -16,6 +16,16 @@ if [ ! -f "$bin" ]; then
   echo "weir-launch: no weir binary for $(uname -m) in $dir (this component version has: $(cd "$dir" && ls weir-* 2>/dev/null | grep -v launch | tr '\n' ' '))" >&2
   exit 1
 fi
+# The genuine default store is the component's work folder for the root
+# /greengrass/v2. On a device with another root (nucleus lite's is usually
+# /var/lib/greengrass) that path cannot be made; both nuclei start the
+# component in its work folder, so the same meaning is the current folder.
+genuine_store=/greengrass/v2/work/aws.greengrass.StreamManager
+if [ "${STREAM_MANAGER_STORE_ROOT_DIR:-}" = "$genuine_store" ] && [ ! -d /greengrass/v2 ]; then
+  echo "weir-launch: no /greengrass/v2 here: the default store $genuine_store is this component's work folder $PWD" >&2
+  STREAM_MANAGER_STORE_ROOT_DIR=$PWD
+  export STREAM_MANAGER_STORE_ROOT_DIR
+fi
 if [ -n "${JVM_ARGS:-}" ]; then
   echo "weir-launch: JVM_ARGS is set ($JVM_ARGS) and ignored: weir has no JVM" >&2
 fi
