@@ -35,6 +35,13 @@
 #                           nucleus stand-in (nucleus_ipc.py) checked with the real awsiotsdk IPC client,
 #                           then weir against it with the stream_manager SDK (valid, invalid, held,
 #                           silent, down, restarted, lite)
+#      test_packaging.py    the Greengrass v2 component (build-component.sh; the recipe parsed with
+#                           PyYAML and checked, each manifest's startup run as its nucleus would,
+#                           serving stream_manager 1.1.2), the Greengrass v1 java wrapper (weir for
+#                           the stream manager's command line, the real JVM otherwise), sd_notify
+#      test_debian.py       the .deb (build-deb.sh): dpkg -i, the installed weir started as its unit
+#                           would (user weir, env file, NOTIFY_SOCKET) serving a client, dpkg -r, -P
+#                           (as root; installs and purges the package and its user on this machine)
 # Exits non-zero if anything failed. Under CI=true a skip is a failure too: a test whose
 # output has a SKIP line, a summary with skip=<n> or "<n> skipped" (n > 0) fails.
 # Needs: pyenv Python 3.7.16 + 3.11.7, node, npm.
@@ -59,12 +66,14 @@ echo "compat: weir binary $WEIR_BIN"
 echo "compat: SDK cache $WEIR_COMPAT_CACHE"
 
 # The drivers are stdlib-only Python 3.11 (the hostile test also needs cbor2 and
-# the stream_manager SDK), so they all run with the stream-manager venv's Python.
+# the stream_manager SDK, test_packaging PyYAML), so they all run with the
+# stream-manager venv's Python.
 py="$cache/py311-stream-manager-1.1.2/bin/python"
 
 declare -a names=() results=()
 start_all=$SECONDS
-all_tests=(test_gg110 test_conformance test_hostile test_crash test_restart test_full_disk test_cloud_standins test_export test_ipc_auth)
+all_tests=(test_gg110 test_conformance test_hostile test_crash test_restart test_full_disk test_cloud_standins
+           test_export test_ipc_auth test_packaging test_debian)
 if [ $# -gt 0 ]; then selected=("$@"); else selected=("${all_tests[@]}"); fi
 for t in "${selected[@]}"; do
   if [ ! -f "$here/$t.py" ]; then echo "compat: no test $t (one of: ${all_tests[*]})" >&2; exit 1; fi

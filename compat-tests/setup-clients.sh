@@ -4,7 +4,8 @@
 #
 #   py37-greengrasssdk-1.5.0   Python 3.7 (pyenv), greengrasssdk==1.5.0 (Greengrass 1.10 SDK)
 #   py311-greengrasssdk-1.6.1  Python 3.11, greengrasssdk==1.6.1
-#   py311-stream-manager-1.1.2 Python 3.11, stream-manager==1.1.2
+#   py311-stream-manager-1.1.2 Python 3.11, stream-manager==1.1.2 + pyyaml==6.0.2 (the drivers'
+#                              venv; test_packaging.py parses the Greengrass recipe with PyYAML)
 #   node-core-sdk-1.7.0        npm aws-greengrass-core-sdk@1.7.0
 #   py311-moto-5.2.5           Python 3.11, moto[server]==5.2.5 + boto3==1.44.8 (Kinesis stand-in,
 #                              and the real boto3 that test_cloud_standins.py checks the stand-ins with)
@@ -38,7 +39,7 @@ make_venv() { # name python-selector requirement...
 
 make_venv py37-greengrasssdk-1.5.0 3.7 greengrasssdk==1.5.0
 make_venv py311-greengrasssdk-1.6.1 3.11 greengrasssdk==1.6.1
-make_venv py311-stream-manager-1.1.2 3.11 stream-manager==1.1.2
+make_venv py311-stream-manager-1.1.2 3.11 stream-manager==1.1.2 pyyaml==6.0.2
 make_venv py311-moto-5.2.5 3.11 'moto[server]==5.2.5' boto3==1.44.8
 make_venv py311-awsiotsdk-1.31.0 3.11 awsiotsdk==1.31.0 awscrt==0.36.1
 

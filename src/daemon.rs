@@ -134,6 +134,7 @@ pub async fn run(
         .map_err(|source| DaemonError::Bind { addr, source })?;
     tracing::info!("weir listening on {local}");
     on_ready(local);
+    notify_systemd_ready();
 
     let sweeper = tokio::spawn(sweep_retention(Arc::clone(&store), shutdown.clone()));
     let syncer = tokio::spawn(sync_periodically(
@@ -164,6 +165,36 @@ pub async fn run(
     store.sync_all().await;
     tracing::info!("weir stopped");
     Ok(())
+}
+
+/// Under systemd `Type=notify` (the Debian unit; nucleus lite's `Startup`
+/// units): tells the service manager that clients can connect, with one
+/// `READY=1` datagram to `$NOTIFY_SOCKET` (sd_notify(3)'s protocol, a
+/// path or an `@` abstract name). Nothing when the variable is not set; a
+/// failure is logged, never fatal (the service manager times the start out).
+fn notify_systemd_ready() {
+    use std::os::unix::ffi::OsStrExt;
+    let Some(target) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let sent = (|| {
+        let addr = match target.as_bytes().strip_prefix(b"@") {
+            #[cfg(target_os = "linux")]
+            Some(name) => {
+                use std::os::linux::net::SocketAddrExt;
+                std::os::unix::net::SocketAddr::from_abstract_name(name)?
+            }
+            #[cfg(not(target_os = "linux"))]
+            Some(_) => return Err(std::io::ErrorKind::Unsupported.into()),
+            None => std::os::unix::net::SocketAddr::from_pathname(&target)?,
+        };
+        let socket = std::os::unix::net::UnixDatagram::unbound()?;
+        socket.send_to_addr(b"READY=1", &addr)
+    })();
+    match sent {
+        Ok(_) => tracing::debug!(socket = ?target, "told systemd weir is ready"),
+        Err(e) => tracing::warn!(socket = ?target, error = %e, "cannot tell systemd weir is ready"),
+    }
 }
 
 /// The lock file of a store folder, held (an OS file lock) for the life of
