@@ -235,7 +235,8 @@ class Ctx:
         self.weirs, self.servers, self.clients = [], [], []
 
     def weir(self, name, env):
-        w = Weir(f"export-{name}", env=env)
+        # The harness starts weir with exports off; these cases are about them.
+        w = Weir(f"export-{name}", env=dict({"WEIR_EXPORTS_ENABLED": "true"}, **(env or {})))
         self.weirs.append(w)
         return w.start()
 

@@ -15,6 +15,7 @@
 //! | `LOG_LEVEL` | INFO | TRACE, DEBUG, INFO, WARN, ERROR (`RUST_LOG` wins if set) |
 //! | `JVM_ARGS` | | ignored: there is no JVM |
 //! | `WEIR_IOT_ANALYTICS_TO_KINESIS` | none | `channel=kinesisStream,...` (or one stream name for every channel): IoT Analytics exports of those channels go to Kinesis instead (IoT Analytics was retired on 2025-12-15) |
+//! | `WEIR_EXPORTS_ENABLED` | true | `false`: nothing is sent to the cloud; exports are kept, described and resume where they were once it is `true` again (a device that must only buffer, or tests of the protocol alone) |
 //! | `WEIR_RETENTION_FOLLOWS_EXPORTS` | false | `true`: a `RejectNewData` stream frees the whole segments all of its exports have passed, so a stream that filled during an outage takes appends again once its backlog is exported; `false` keeps the Java server's semantics |
 //! | `WEIR_BIND_ADDRESS` | 127.0.0.1 | address to listen on |
 //! | `WEIR_AUTH_TOKEN_FILE` | `<store root>/auth_token`, created if missing | accepted tokens, one per line (not used when the nucleus IPC is) |
@@ -84,6 +85,9 @@ pub struct Config {
     /// `WEIR_RETENTION_FOLLOWS_EXPORTS`: a `RejectNewData` stream frees the
     /// segments all its exports have passed (off: the Java semantics).
     pub retention_follows_exports: bool,
+    /// `WEIR_EXPORTS_ENABLED`: `false` sends nothing (exports are kept and
+    /// described, their progress stays where it is).
+    pub exports_enabled: bool,
     pub s3_multipart_min_part_size: u64,
     pub log_level: String,
     pub sync_interval: std::time::Duration,
@@ -174,6 +178,11 @@ impl Config {
                 parse("STREAM_MANAGER_EXPORTER_THREAD_POOL_SIZE", pool, 5)?,
             )?,
             iot_analytics_to_kinesis: redirects(get("WEIR_IOT_ANALYTICS_TO_KINESIS"))?,
+            exports_enabled: parse(
+                "WEIR_EXPORTS_ENABLED",
+                get("WEIR_EXPORTS_ENABLED").map(|v| v.to_ascii_lowercase()),
+                true,
+            )?,
             retention_follows_exports: parse(
                 "WEIR_RETENTION_FOLLOWS_EXPORTS",
                 get("WEIR_RETENTION_FOLLOWS_EXPORTS").map(|v| v.to_ascii_lowercase()),

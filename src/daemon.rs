@@ -114,17 +114,26 @@ pub async fn run(
     let store = Arc::new(store);
     // Exports run on their own thread and runtime: an upload never holds
     // up the protocol thread.
-    let exports = ExportThread::start(
-        Arc::clone(&store),
-        ExportSettings {
-            uploads_at_once: config.exporter_thread_pool_size,
-            max_bandwidth_kbps: config.exporter_max_bandwidth_kbps,
-            iot_analytics_to_kinesis: config.iot_analytics_to_kinesis.clone(),
-            retry: RetryPolicy::default(),
-        },
-        Arc::new(SystemClock),
-    )
-    .map_err(DaemonError::Exports)?;
+    let exports = if config.exports_enabled {
+        Some(
+            ExportThread::start(
+                Arc::clone(&store),
+                ExportSettings {
+                    uploads_at_once: config.exporter_thread_pool_size,
+                    max_bandwidth_kbps: config.exporter_max_bandwidth_kbps,
+                    iot_analytics_to_kinesis: config.iot_analytics_to_kinesis.clone(),
+                    retry: RetryPolicy::default(),
+                },
+                Arc::new(SystemClock),
+            )
+            .map_err(DaemonError::Exports)?,
+        )
+    } else {
+        tracing::warn!(
+            "exports are off (WEIR_EXPORTS_ENABLED=false): nothing is sent to the cloud"
+        );
+        None
+    };
     let addr = SocketAddr::new(config.bind_address, config.port);
     let listener = TcpListener::bind(addr)
         .await
@@ -157,7 +166,7 @@ pub async fn run(
     }
     // Exports stop at their next step (a batch in flight is sent again
     // after the restart); blocking, so off the protocol thread's runtime.
-    let stopped = tokio::task::spawn_blocking(move || exports.stop()).await;
+    let stopped = tokio::task::spawn_blocking(move || exports.map(ExportThread::stop)).await;
     if let Err(e) = stopped {
         tracing::error!(error = %e, "stopping the exports failed");
     }

@@ -18,7 +18,7 @@ use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::BehaviorVersion;
 use aws_sdk_kinesis::config::http::HttpResponse;
-use aws_sdk_kinesis::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_kinesis::error::{ProvideErrorMetadata, SdkError};
 use aws_smithy_http_client::proxy::ProxyConfig;
 use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
 use aws_smithy_http_client::{Builder, Connector};
@@ -76,7 +76,14 @@ pub async fn load_sdk_config() -> aws_config::SdkConfig {
 
 /// An SDK error as a [`super::destination::SendError`]: `code` and `status`
 /// of a service's answer (if it answered) decide, with `invalid` naming the
-/// codes that mean "this request can never succeed as it is".
+/// codes that mean "this request can never succeed as it is". Such a
+/// refusal that names one of `config_fields` (the target stream or
+/// channel, not a record) is about the export's configuration: it is
+/// retried and shown, never a reason to skip records.
+///
+/// The text is each error's `Display` along its `source` chain, never the
+/// SDK's debug form: that holds the raw response (with its `Date` header),
+/// so the message would change at every retry and be logged each time.
 ///
 /// Both SDK crates build on the same smithy runtime types, named here
 /// through the Kinesis crate's re-exports.
@@ -84,6 +91,7 @@ pub fn classify<E>(
     error: &SdkError<E, HttpResponse>,
     invalid: &[&str],
     transient: &[&str],
+    config_fields: &[&str],
 ) -> SendError
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
@@ -94,7 +102,10 @@ where
             let message = service.err().message().unwrap_or("");
             let status = service.raw().status().as_u16();
             let text = format!("{code} (HTTP {status}): {message}");
-            if invalid.contains(&code) {
+            let names_config = config_fields
+                .iter()
+                .any(|field| message.contains(&format!("'{field}'")));
+            if invalid.contains(&code) && !names_config {
                 SendError::InvalidRequest(text)
             } else if transient.contains(&code) || status >= 500 || status == 429 {
                 SendError::Transient(text)
@@ -104,9 +115,42 @@ where
         }
         SdkError::TimeoutError(_) => SendError::Transient("no answer in time".into()),
         SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
-            SendError::Transient(format!("{}", DisplayErrorContext(error)))
+            SendError::Transient(error_chain(error))
         }
         // No region, no credentials, a request that cannot be built.
-        _ => SendError::Unavailable(format!("{}", DisplayErrorContext(error))),
+        _ => SendError::Unavailable(error_chain(error)),
+    }
+}
+
+/// `error` and its sources, each as it displays itself, joined by ": "
+/// (a source that only repeats the text before it is left out).
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        let part = e.to_string();
+        if !text.ends_with(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = e.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("outer")]
+    struct Outer(#[source] Inner);
+    #[derive(Debug, thiserror::Error)]
+    #[error("inner detail")]
+    struct Inner;
+
+    #[test]
+    fn an_error_chain_reads_as_its_displays() {
+        assert_eq!(error_chain(&Outer(Inner)), "outer: inner detail");
     }
 }

@@ -23,6 +23,8 @@ pub const MAX_MESSAGES: usize = 100;
 pub const MAX_REQUEST_BYTES: usize = 16 << 20;
 
 const INVALID: &[&str] = &["InvalidRequestException"];
+/// A refusal naming the channel is about the export's configuration.
+const CONFIG_FIELDS: &[&str] = &["channelName"];
 const TRANSIENT: &[&str] = &[
     "ThrottlingException",
     "InternalFailureException",
@@ -102,7 +104,7 @@ impl Destination for IotAnalyticsDestination {
                 .set_messages(Some(messages))
                 .send()
                 .await
-                .map_err(|e| match classify(&e, INVALID, TRANSIENT) {
+                .map_err(|e| match classify(&e, INVALID, TRANSIENT, CONFIG_FIELDS) {
                     SendError::Transient(reason) if is_unreachable(&e) => {
                         SendError::Unavailable(format!("{reason}; {RETIRED}"))
                     }

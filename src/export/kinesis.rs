@@ -32,6 +32,9 @@ const PARTITION_KEY_LEN: usize = 32;
 
 /// Codes meaning the request can never succeed as it is.
 const INVALID: &[&str] = &["ValidationException", "InvalidArgumentException"];
+/// Request fields that are the export's configuration: a refusal naming
+/// them (a stream name Kinesis does not accept) is not about any record.
+const CONFIG_FIELDS: &[&str] = &["streamName", "StreamName", "streamARN", "StreamARN"];
 /// Codes worth a quick retry (besides every 5xx).
 const TRANSIENT: &[&str] = &[
     "ProvisionedThroughputExceededException",
@@ -119,7 +122,7 @@ impl Destination for KinesisDestination {
                 .set_records(Some(entries))
                 .send()
                 .await
-                .map_err(|e| classify(&e, INVALID, TRANSIENT))?;
+                .map_err(|e| classify(&e, INVALID, TRANSIENT, CONFIG_FIELDS))?;
             if output.failed_record_count().unwrap_or(0) == 0 {
                 return Ok(Sent::default());
             }
