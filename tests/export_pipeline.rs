@@ -533,3 +533,39 @@ async fn messages_removed_by_retention_before_export_are_counted_and_shown() {
     );
     assert!(error.contains(&format!("0 to {}", oldest - 1)), "{error}");
 }
+
+/// With `batchIntervalMillis` a batch goes when it is full or when the
+/// interval has passed since its first message, whichever comes first.
+#[tokio::test(start_paused = true)]
+async fn a_batch_goes_when_full_or_when_its_interval_has_passed() {
+    let store = memory_store(&[("k1", 0)]);
+    let cloud = Cloud::new("cloud");
+    let interval = Duration::from_secs(60);
+    let running = start(
+        &store,
+        &cloud,
+        &gate(),
+        PipelineSettings {
+            batch_size: 10,
+            batch_interval: Some(interval),
+            ..settings("k1", 0)
+        },
+    );
+    for i in 0..3u8 {
+        append(&store, vec![i]);
+    }
+    let started = tokio::time::Instant::now();
+    cloud.until_taken(3).await;
+    // Not full: it waited for the interval.
+    assert!(started.elapsed() >= interval, "{:?}", started.elapsed());
+    assert_eq!(cloud.requests(), vec![vec![0, 1, 2]]);
+    // Full: it goes at once.
+    let full_at = tokio::time::Instant::now();
+    for i in 3..13u8 {
+        append(&store, vec![i]);
+    }
+    cloud.until_taken(13).await;
+    assert!(full_at.elapsed() < interval, "{:?}", full_at.elapsed());
+    assert_eq!(cloud.requests()[1], (3..13).collect::<Vec<_>>());
+    running.stop().await;
+}
