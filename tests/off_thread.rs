@@ -11,6 +11,7 @@
 //! order of one connection's answers.
 
 mod common;
+use common::{int, text};
 mod sim;
 use bytes::Bytes;
 use std::io;
@@ -23,7 +24,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use weir::auth::Authenticator;
 use weir::clock::ManualClock;
-use weir::protocol::cbor::{self, MapReader, Writer};
+use weir::protocol::cbor::Writer;
 use weir::protocol::model::{MessageStreamDefinition, ReadMessagesOptions, StrategyOnFull};
 use weir::protocol::{Reply, ReplyBody, Request, RequestBody};
 use weir::server::dispatch::{GivenUp, Handled, RequestHandler, StoreHandler};
@@ -492,14 +493,4 @@ fn request_only(id: &str) -> Vec<u8> {
     let mut w = Writer::default();
     w.map(1).kv_text("requestId", id);
     w.into_vec()
-}
-
-fn int(payload: &[u8], key: &str) -> Option<i64> {
-    let value = cbor::decode(payload).unwrap();
-    MapReader::new(&value, "").unwrap().int(key).unwrap()
-}
-
-fn text(payload: &[u8], key: &str) -> Option<String> {
-    let value = cbor::decode(payload).unwrap();
-    MapReader::new(&value, "").unwrap().text(key).unwrap()
 }

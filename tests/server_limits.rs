@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{append, read_frame, write_frame};
+use common::{append, int, read_frame, text, write_frame};
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -103,16 +103,6 @@ async fn try_connect(addr: std::net::SocketAddr) -> Option<TcpStream> {
 
 async fn connect(addr: std::net::SocketAddr) -> TcpStream {
     try_connect(addr).await.expect("handshake accepted")
-}
-
-fn int(payload: &[u8], key: &str) -> Option<i64> {
-    let value = cbor::decode(payload).unwrap();
-    MapReader::new(&value, "").unwrap().int(key).unwrap()
-}
-
-fn text(payload: &[u8], key: &str) -> Option<String> {
-    let value = cbor::decode(payload).unwrap();
-    MapReader::new(&value, "").unwrap().text(key).unwrap()
 }
 
 fn messages(payload: &[u8]) -> usize {

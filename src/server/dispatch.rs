@@ -3,7 +3,7 @@
 
 use crate::protocol::model::ReadMessagesOptions;
 use crate::protocol::{Failure, Reply, ReplyBody, Request, RequestBody, StatusCode};
-use crate::store::{Appending, ReadNow, Store, StoreError};
+use crate::store::{Appending, DiskRead, ReadNow, Store, StoreError};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -197,16 +197,11 @@ fn handle(store: &Arc<Store>, request: Request) -> Handled {
                     move || {
                         let result = match store.read_now(&stream_name, &now_options) {
                             Ok(ReadNow::FromDisk(read)) => {
-                                return GivenUp::FromDisk(Box::pin(async move {
-                                    let result = answer(read.run_blocking().await);
-                                    Reply {
-                                        request_id,
-                                        body: ReplyBody::ReadMessages {
-                                            stream_name,
-                                            result,
-                                        },
-                                    }
-                                }));
+                                return GivenUp::FromDisk(read_from_disk(
+                                    read,
+                                    request_id,
+                                    stream_name,
+                                ));
                             }
                             Ok(ReadNow::Ready(messages)) => Ok(messages),
                             Ok(ReadNow::Wait) => unreachable!("a read with timeout 0 never waits"),
@@ -244,22 +239,30 @@ fn handle(store: &Arc<Store>, request: Request) -> Handled {
             // beside the connection's other requests: what the read
             // returns was fixed when it was carried out, so later requests
             // need not wait for it.
-            Ok(ReadNow::FromDisk(read)) => Handled::Later(Box::pin(async move {
-                let result = answer(read.run_blocking().await);
-                Reply {
-                    request_id,
-                    body: ReplyBody::ReadMessages {
-                        stream_name,
-                        result,
-                    },
-                }
-            })),
+            Ok(ReadNow::FromDisk(read)) => {
+                Handled::Later(read_from_disk(read, request_id, stream_name))
+            }
             Err(e) => now(ReplyBody::ReadMessages {
                 stream_name,
                 result: Err(failure(&e)),
             }),
         },
     }
+}
+
+/// The answer to a read of sealed segments, read on tokio's blocking pool
+/// (a read carried out now, or a long-poll given up).
+fn read_from_disk(read: DiskRead, request_id: String, stream_name: String) -> Pending {
+    Box::pin(async move {
+        let result = answer(read.run_blocking().await);
+        Reply {
+            request_id,
+            body: ReplyBody::ReadMessages {
+                stream_name,
+                result,
+            },
+        }
+    })
 }
 
 /// Runs `work` on tokio's blocking pool: folder creation, definition writes

@@ -108,3 +108,21 @@ pub fn append(id: &str, name: &str, payload: &[u8]) -> Vec<u8> {
         .bytes(payload);
     w.into_vec()
 }
+
+/// The integer at `key` of a CBOR map payload (an answer's `status`).
+pub fn int(payload: &[u8], key: &str) -> Option<i64> {
+    let value = weir::protocol::cbor::decode(payload).unwrap();
+    weir::protocol::cbor::MapReader::new(&value, "")
+        .unwrap()
+        .int(key)
+        .unwrap()
+}
+
+/// The text at `key` of a CBOR map payload.
+pub fn text(payload: &[u8], key: &str) -> Option<String> {
+    let value = weir::protocol::cbor::decode(payload).unwrap();
+    weir::protocol::cbor::MapReader::new(&value, "")
+        .unwrap()
+        .text(key)
+        .unwrap()
+}
