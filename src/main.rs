@@ -1,46 +1,170 @@
-//! The `weir` binary: configuration from the environment, logging, signals,
-//! then [`weir::daemon::run`]; or `weir bench ...`.
+//! The `weir` binary: the command line (clap), then the configuration
+//! ([`weir::config::Config::load`]), logging, signals and
+//! [`weir::daemon::run`]; or `weir config`, or `weir bench ...`.
 
 use clap::Parser;
+use std::path::PathBuf;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
 #[command(
     version,
-    about = "Drop-in replacement for the AWS IoT Greengrass stream manager"
+    about = "Drop-in replacement for the AWS IoT Greengrass stream manager",
+    long_about = "Drop-in replacement for the AWS IoT Greengrass stream manager.\n\n\
+        Settings are the Java server's environment variables (STREAM_MANAGER_SERVER_PORT, \
+        STREAM_MANAGER_STORE_ROOT_DIR, ...) and weir's WEIR_* ones. Each comes from, highest \
+        first: a command-line flag, the environment variable, the TOML configuration file \
+        (--config or WEIR_CONFIG; its keys are the variables' names), the default. \
+        `weir config` prints every setting, its value and where it came from."
 )]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
+    #[command(flatten)]
+    settings: SettingFlags,
+}
+
+/// Flags that set settings; they win over the environment and the file.
+#[derive(clap::Args, Default)]
+struct SettingFlags {
+    /// The TOML configuration file (default: WEIR_CONFIG, else none)
+    #[arg(long, value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// STREAM_MANAGER_SERVER_PORT: TCP port, 0 picks a free one
+    #[arg(long)]
+    port: Option<String>,
+    /// STREAM_MANAGER_STORE_ROOT_DIR: the store folder
+    #[arg(long, value_name = "DIR")]
+    store_root: Option<String>,
+    /// WEIR_BIND_ADDRESS: the address to listen on
+    #[arg(long, value_name = "ADDRESS")]
+    bind_address: Option<String>,
+    /// LOG_LEVEL: TRACE, DEBUG, INFO, WARN or ERROR
+    #[arg(long, value_name = "LEVEL")]
+    log_level: Option<String>,
+    /// Any setting, by its environment variable's name (repeatable; the
+    /// named flags above win over it)
+    #[arg(long = "set", value_name = "KEY=VALUE", value_parser = key_value)]
+    set: Vec<(String, String)>,
+}
+
+fn key_value(arg: &str) -> Result<(String, String), String> {
+    match arg.split_once('=') {
+        Some((key, value)) if !key.trim().is_empty() => {
+            Ok((key.trim().to_owned(), value.to_owned()))
+        }
+        _ => Err(format!("{arg:?} is not KEY=VALUE")),
+    }
+}
+
+impl Default for Command {
+    fn default() -> Self {
+        Command::Serve(SettingFlags::default())
+    }
+}
+
+impl SettingFlags {
+    /// These flags (given before the subcommand) and then `later` (after
+    /// it), which win.
+    fn then(self, later: SettingFlags) -> SettingFlags {
+        let mut set = self.pairs();
+        set.extend(later.pairs());
+        SettingFlags {
+            config: later.config.or(self.config),
+            set,
+            ..SettingFlags::default()
+        }
+    }
+
+    fn is_set(&self) -> bool {
+        self.config.is_some() || !self.pairs().is_empty()
+    }
+
+    /// The flags as key/value pairs, later ones winning.
+    fn pairs(&self) -> Vec<(String, String)> {
+        let mut pairs = self.set.clone();
+        for (key, value) in [
+            ("STREAM_MANAGER_SERVER_PORT", &self.port),
+            ("STREAM_MANAGER_STORE_ROOT_DIR", &self.store_root),
+            ("WEIR_BIND_ADDRESS", &self.bind_address),
+            ("LOG_LEVEL", &self.log_level),
+        ] {
+            if let Some(value) = value {
+                pairs.push((key.to_owned(), value.clone()));
+            }
+        }
+        pairs
+    }
+
+    fn load(&self) -> Result<weir::config::Loaded, weir::config::LoadError> {
+        weir::config::Config::load(
+            self.config.as_deref(),
+            |name| std::env::var(name).ok(),
+            &self.pairs(),
+        )
+    }
 }
 
 #[derive(clap::Subcommand)]
 enum Command {
-    /// Run the stream manager server (the default), configured by the
-    /// STREAM_MANAGER_* environment variables.
-    Serve,
-    /// Benchmarks: a native load generator, and a server that stores nothing.
+    /// Run the stream manager server (the default).
+    Serve(SettingFlags),
+    /// Print every setting, its effective value and where it came from
+    /// (default, file, environment, command line), then exit; opens no
+    /// store and binds nothing.
+    Config(SettingFlags),
+    /// Benchmarks: a native load generator, and a server that stores nothing
+    /// (the setting flags do not apply).
     #[command(subcommand)]
     Bench(weir::bench::BenchCommand),
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    match cli.command.unwrap_or(Command::Serve) {
-        Command::Serve => serve(),
-        Command::Bench(cmd) => weir::bench::main(cmd),
+    let top = cli.settings;
+    match cli.command.unwrap_or_default() {
+        Command::Serve(flags) => serve(&top.then(flags)),
+        Command::Config(flags) => print_config(&top.then(flags)),
+        Command::Bench(cmd) => {
+            if top.is_set() {
+                eprintln!("weir: the setting flags do not apply to `weir bench`");
+                return std::process::ExitCode::from(2);
+            }
+            weir::bench::main(cmd)
+        }
     }
 }
 
-fn serve() -> std::process::ExitCode {
-    let config = match weir::config::Config::from_env() {
-        Ok(config) => config,
+/// `weir config`.
+fn print_config(flags: &SettingFlags) -> std::process::ExitCode {
+    match flags.load() {
+        Ok(loaded) => {
+            print!("{}", loaded.render());
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("weir: invalid configuration: {e}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+fn serve(flags: &SettingFlags) -> std::process::ExitCode {
+    let loaded = match flags.load() {
+        Ok(loaded) => loaded,
         Err(e) => {
             eprintln!("weir: invalid configuration: {e}");
             return std::process::ExitCode::from(2);
         }
     };
+    let config = loaded.config;
     init_logging(&config.log_level);
+    if let Some((path, _)) = &loaded.file {
+        tracing::info!(path = %path.display(), "configuration file");
+    }
+    for warning in &loaded.warnings {
+        tracing::warn!("{warning}");
+    }
     // Every segment of every File stream keeps its file open; a service
     // manager's default soft limit (often 1024) would run out with a few
     // large streams, so take what the hard limit allows.
