@@ -4,10 +4,10 @@ build-deb.sh builds the .deb around the weir binary under test (dpkg-deb,
 gzip for speed); its control data is checked (conffile, dependencies,
 maintainer scripts). Then, as root on this machine:
 
-1. `dpkg -i`: /usr/bin/weir, the unit, /etc/weir/weir.env, the system user
+1. `dpkg -i`: /usr/bin/weir, the unit, /etc/weir/weir.toml and weir.env, the system user
    and group weir (no login shell), /var/lib/weir owned by weir, mode 0750;
    `systemd-analyze verify` passes on the installed unit, which says
-   Type=notify, User=weir, EnvironmentFile=/etc/weir/weir.env,
+   Type=notify, User=weir, EnvironmentFile=-/etc/weir/weir.env, ExecStart=... --config /etc/weir/weir.toml,
    Restart=on-failure.
 2. No systemd runs here, so the INSTALLED /usr/bin/weir is started as the
    unit would start it: as user weir, in /var/lib/weir, with a service
@@ -41,6 +41,7 @@ from test_packaging import ROOT, Problems, Server, base_env, client_roundtrip, r
 DEB_DIR = os.path.join(ROOT, "packaging", "debian")
 UNIT = "/lib/systemd/system/weir.service"
 ENV_FILE = "/etc/weir/weir.env"
+CONFIG_FILE = "/etc/weir/weir.toml"
 STORE = "/var/lib/weir"
 OUR_MAINTAINER = "weir maintainers <weir@localhost>"
 READY_DEADLINE_S = 30
@@ -107,8 +108,8 @@ def parse_env_file(path):
 def check_unit(p):
     with open(UNIT) as f:
         text = f.read()
-    for line in ("Type=notify", "User=weir", "Group=weir", f"EnvironmentFile={ENV_FILE}",
-                 "ExecStart=/usr/bin/weir", "Restart=on-failure", "StateDirectory=weir",
+    for line in ("Type=notify", "User=weir", "Group=weir", f"EnvironmentFile=-{ENV_FILE}",
+                 f"ExecStart=/usr/bin/weir --config {CONFIG_FILE}", "Restart=on-failure", "StateDirectory=weir",
                  "WantedBy=multi-user.target"):
         p.need(re.search(rf"^{re.escape(line)}$", text, re.M) is not None, f"unit has no line {line}")
 
@@ -133,7 +134,7 @@ def run_installed(report):
             os.setgid(pw.pw_gid)
             os.setuid(pw.pw_uid)
 
-        server = Server(["/usr/bin/weir"], env, STORE, preexec=become_weir)
+        server = Server(["/usr/bin/weir", "--config", CONFIG_FILE], env, STORE, preexec=become_weir)
         try:
             p = Problems()
             sock.settimeout(READY_DEADLINE_S)
@@ -197,14 +198,15 @@ def main():
         ctrl = tempfile.mkdtemp(dir=out)
         sh(["dpkg-deb", "-e", deb, ctrl])
         p = Problems()
-        p.need(os.path.isfile(os.path.join(ctrl, "conffiles")) and open(os.path.join(ctrl, "conffiles")).read().split() == [ENV_FILE],
-               "conffiles is not exactly /etc/weir/weir.env")
+        p.need(os.path.isfile(os.path.join(ctrl, "conffiles")) and open(os.path.join(ctrl, "conffiles")).read().split() == [CONFIG_FILE, ENV_FILE],
+               "conffiles is not exactly /etc/weir/weir.toml and /etc/weir/weir.env")
         for s in ("postinst", "prerm", "postrm"):
             p.need(os.access(os.path.join(ctrl, s), os.X_OK), f"no executable {s}")
         p.need(re.search(r"^Depends: .*libc6 \(>= 2\.\d+\).*adduser", info, re.M) is not None, f"Depends in\n{info}")
         p.need(re.search(r"^Package: weir$", info, re.M) is not None, "Package is not weir")
         contents = sh(["dpkg-deb", "-c", deb]).stdout
-        for path in ("./usr/bin/weir", "." + UNIT, "." + ENV_FILE, "./usr/share/doc/weir/copyright"):
+        for path in ("./usr/bin/weir", "." + UNIT, "." + CONFIG_FILE, "." + ENV_FILE,
+                     "./usr/share/doc/weir/copyright"):
             p.need(re.search(rf" {re.escape(path)}$", contents, re.M) is not None, f"{path} not in the package")
         if p:
             report.fail("deb built", "; ".join(p))
@@ -214,7 +216,7 @@ def main():
         try:
             sh(["dpkg", "-i", deb])
             p = Problems()
-            for path in ("/usr/bin/weir", UNIT, ENV_FILE):
+            for path in ("/usr/bin/weir", UNIT, CONFIG_FILE, ENV_FILE):
                 p.need(os.path.isfile(path), f"{path} not installed")
             p.need(user_exists("weir") and group_exists("weir"), "no user/group weir")
             if user_exists("weir"):
@@ -242,7 +244,8 @@ def main():
             p.need(status == "deinstall ok config-files", f"status after dpkg -r: {status!r}")
             for path in ("/usr/bin/weir", UNIT):
                 p.need(not os.path.exists(path), f"{path} still there after dpkg -r")
-            p.need(os.path.isfile(ENV_FILE), f"{ENV_FILE} (conffile) gone after dpkg -r")
+            for conffile in (CONFIG_FILE, ENV_FILE):
+                p.need(os.path.isfile(conffile), f"{conffile} (conffile) gone after dpkg -r")
             p.need(os.path.isdir(os.path.join(STORE, "streams")), f"{STORE} data gone after dpkg -r")
             p.need(user_exists("weir"), "user weir gone after dpkg -r")
             if p:

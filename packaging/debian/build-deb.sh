@@ -10,7 +10,7 @@
 #   --compress the archive's compression (default xz, the smallest; gzip builds faster)
 #
 # Contents: /usr/bin/weir, /lib/systemd/system/weir.service,
-# /etc/weir/weir.env (conffile), /usr/share/doc/weir/. Maintainer scripts in
+# /etc/weir/weir.toml and weir.env (conffiles), /usr/share/doc/weir/. Maintainer scripts in
 # maintainer/: postinst (user weir, /var/lib/weir, enable + start the
 # service where systemd runs), prerm (stop), postrm (purge: store, user).
 set -euo pipefail
@@ -51,6 +51,7 @@ install -d "$stage/DEBIAN" "$stage/usr/bin" "$stage/lib/systemd/system" "$stage/
 strip --strip-debug -o "$stage/usr/bin/weir" "$binary"
 chmod 0755 "$stage/usr/bin/weir"
 install -m 0644 "$here/weir.service" "$stage/lib/systemd/system/weir.service"
+install -m 0644 "$here/weir.toml" "$stage/etc/weir/weir.toml"
 install -m 0644 "$here/weir.env" "$stage/etc/weir/weir.env"
 install -m 0644 "$here/README.Debian" "$stage/usr/share/doc/weir/README.Debian"
 install -m 0644 "$root/README.md" "$stage/usr/share/doc/weir/README.md"
@@ -63,7 +64,7 @@ License: Apache-2.0
  On Debian systems the full text is in /usr/share/common-licenses/Apache-2.0.
 COPYRIGHT
 for s in postinst prerm postrm; do install -m 0755 "$here/maintainer/$s" "$stage/DEBIAN/$s"; done
-echo /etc/weir/weir.env > "$stage/DEBIAN/conffiles"
+printf '%s\n' /etc/weir/weir.toml /etc/weir/weir.env > "$stage/DEBIAN/conffiles"
 size_kb="$(du -sk --exclude=DEBIAN "$stage" | cut -f1)"
 cat > "$stage/DEBIAN/control" <<CONTROL
 Package: weir
