@@ -217,6 +217,7 @@ fn start(
         settings,
         clock: Arc::new(ManualClock::new(T0 + 1)),
         retry: RetryPolicy::default(),
+        uploaded: None,
     };
     let stop = CancellationToken::new();
     let task = tokio::spawn(pipeline.run(stop.clone()));
@@ -532,4 +533,35 @@ async fn messages_removed_by_retention_before_export_are_counted_and_shown() {
         "{error}"
     );
     assert!(error.contains(&format!("0 to {}", oldest - 1)), "{error}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn telemetry_counts_the_bytes_taken_never_the_skipped_or_twice_the_retried() {
+    let store = memory_store(&[("k1", 0)]);
+    for i in 0..4u8 {
+        append(&store, vec![i; 3]);
+    }
+    // Too large for the destination: refused before it is sent.
+    append(&store, vec![7; 2000]);
+    let cloud = Cloud::new("cloud");
+    cloud.script([Fault::Partial(vec![1])]);
+    let uploaded = Arc::new(weir::telemetry::Counter::default());
+    let pipeline = Pipeline {
+        reader: Arc::new(store.export_reader(STREAM).unwrap()),
+        destination: Arc::clone(&cloud) as Arc<dyn Destination>,
+        gate: gate(),
+        settings: settings("k1", 0),
+        clock: Arc::new(ManualClock::new(T0 + 1)),
+        retry: RetryPolicy::default(),
+        uploaded: Some(Arc::clone(&uploaded)),
+    };
+    let stop = CancellationToken::new();
+    let running = Running {
+        stop: stop.clone(),
+        task: tokio::spawn(pipeline.run(stop)),
+    };
+    cloud.until_taken(4).await;
+    running.stop().await;
+    assert_eq!(status(&store, "k1").exported_bytes_from_stream, 12);
+    assert_eq!(uploaded.total(), 12);
 }
