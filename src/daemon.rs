@@ -368,6 +368,8 @@ mod tests {
     use super::*;
     use crate::auth::ipc::scripted::{settings, CapturedLogs, Flavour, ScriptedNucleus};
 
+    const HANG: Duration = Duration::from_secs(60);
+
     fn config(root: &std::path::Path, socket: &std::path::Path) -> Config {
         let vars = [
             ("STREAM_MANAGER_SERVER_PORT", "0".to_owned()),
@@ -398,7 +400,11 @@ mod tests {
             shutdown.clone(),
             move |addr| ready.send(addr).unwrap(),
         ));
-        let update = seen.recv().await.unwrap();
+        // Bounds only a hang (no UpdateState at all), never a timing.
+        let update = tokio::time::timeout(HANG, seen.recv())
+            .await
+            .expect("no UpdateState")
+            .unwrap();
         assert_eq!(update.operation, "aws.greengrass#UpdateState");
         assert_eq!(update.model, "aws.greengrass#UpdateStateRequest");
         assert_eq!(update.payload, r#"{"state":"RUNNING"}"#);
@@ -438,7 +444,10 @@ mod tests {
             )
             .await;
             let (_nucleus, mut seen) = ScriptedNucleus::start(&socket, flavour);
-            let update = seen.recv().await.unwrap();
+            let update = tokio::time::timeout(HANG, seen.recv())
+                .await
+                .expect("no retry reached the nucleus")
+                .unwrap();
             assert_eq!(update.operation, UPDATE_STATE);
             // Done once the reply came, with or without terminate (lite).
             reporting.await.unwrap();

@@ -108,10 +108,12 @@ async fn a_nucleus_without_put_component_metric_stops_telemetry_after_one_log_li
     ));
     telemetry.bytes_appended.add(5);
     values(&seen.recv().await.unwrap());
-    // The loop ends on the refusal (no shutdown asked): it never sends
-    // again, whatever is appended later.
-    task.await.unwrap();
+    // The loop ends on the refusal (no shutdown asked): ten intervals
+    // later, with more appended meanwhile, nothing more was sent.
     telemetry.bytes_appended.add(5);
+    tokio::time::sleep(10 * MINUTE).await;
+    assert!(task.is_finished(), "telemetry stopped");
+    task.await.unwrap();
     assert_eq!(logs.count("refuses component metrics"), 1);
     assert!(
         logs.count("ServiceError") >= 1,
