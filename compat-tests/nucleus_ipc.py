@@ -16,9 +16,19 @@ and 3 describe the classic nucleus and nucleus lite:
   (others get `UnauthorizedError`); a token that is some component's SVCUID gives
   `{"isValid": true}`, anything else `InvalidTokenError` (never isValid false; lite also
   refuses a token that is not 16 characters of base64);
+* UpdateState (`{"state": ...}`, any component): answered `UpdateStateResponse` `{}`; with
+  `--probe-port PORT` the stand-in first tries a TCP connect to 127.0.0.1:PORT and logs whether
+  it was accepted (`update_state component=... state=RUNNING port_open=True`);
+* PutComponentMetric (classic only: nucleus lite has no handler for it, GREENGRASS.md 3): the
+  caller must be named `aws.*` (else UnauthorizedError); each metric needs a name of 1-32
+  bytes, a known unit and a value >= 0 (else InvalidArgumentsError); every metric is logged
+  (`metric component=... name=... unit=... value=...`), answered `PutComponentMetricResponse`;
 * replies: classic sets TERMINATE_STREAM on them and writes errors as `{"message": ...}`;
-  lite sets no flag and writes `{"_message": ..., "_errorCode": ...}`; unknown operations get
-  the classic "Unsupported Operation" error.
+  lite sets no flag on a response, and writes errors (flagged TERMINATE_STREAM) as
+  `{"_message": ..., "_errorCode": ...}`; unknown operations get the classic "Unsupported
+  Operation" error, or in lite mode what ggipcd answers an operation it has no handler for
+  (ipc_dispatch.c GG_ERR_NOENTRY, then ipc_server.c send_stream_error): ServiceError with an
+  empty `_message`.
 
 test_ipc_auth.py checks this stand-in with the real awsiotsdk IPC client before it trusts it
 to test weir.
@@ -27,9 +37,10 @@ Modes besides `classic` and `lite`: `silent` accepts connections and CONNECTs bu
 answers a validation.  In every mode a validation of a token starting `HOLD` is held
 until the process gets SIGUSR1, then answered as for the rest of the token.
 
-Run: nucleus_ipc.py --socket PATH [--mode classic|lite|silent] --component NAME=SVCUID ...
+Run: nucleus_ipc.py --socket PATH [--mode classic|lite|silent] [--probe-port PORT] --component NAME=SVCUID ...
 Prints `nucleus_ipc listening on PATH` once clients can connect, one line per event after
-that (`connect accepted component=...`, `validate stream=N valid=...`, `holding stream=N`),
+that (`connect accepted component=...`, `validate stream=N valid=...`, `holding stream=N`,
+`update_state ...`, `metric ...`, `unsupported operation NAME`),
 and runs until SIGTERM/SIGINT (then removes the socket and exits 0).
 """
 
@@ -54,6 +65,9 @@ CONNECTION_ACCEPTED, TERMINATE_STREAM = 1, 2
 STREAM_MANAGER = "aws.greengrass.StreamManager"
 OPERATION = "aws.greengrass#ValidateAuthorizationToken"
 RESPONSE_MODEL = "aws.greengrass#ValidateAuthorizationTokenResponse"
+UPDATE_STATE = "aws.greengrass#UpdateState"
+PUT_COMPONENT_METRIC = "aws.greengrass#PutComponentMetric"
+METRIC_UNITS = ("BYTES", "BYTES_PER_SECOND", "COUNT", "COUNT_PER_SECOND", "MEGABYTES", "SECONDS")
 MAX_MESSAGE = 24 << 20   # aws-c-event-stream's cap (lite: 10 000 bytes)
 
 # header value types
@@ -190,8 +204,9 @@ def lite_token_ok(token):
 
 
 class Nucleus:
-    def __init__(self, path, components, mode="classic", out=sys.stdout):
+    def __init__(self, path, components, mode="classic", out=sys.stdout, probe_port=None):
         self.path = path
+        self.probe_port = probe_port
         self.components = dict(components)   # svcuid -> component name
         self.mode = mode
         self.out = out
@@ -314,8 +329,17 @@ class Nucleus:
                     return close_with(PROTOCOL_ERROR, f"stream id {stream} after {max_stream}")
                 max_stream = stream
                 operation = header(headers, "operation", T_STRING)
+                if operation == UPDATE_STATE:
+                    self._update_state(send, stream, component, payload)
+                    continue
+                if operation == PUT_COMPONENT_METRIC and self.mode != "lite":
+                    self._put_component_metric(send, stream, component, payload)
+                    continue
                 if operation != OPERATION:
                     self.log(f"unsupported operation {operation}")
+                    if self.mode == "lite":
+                        self._error(send, stream, "ServiceError", "")
+                        continue
                     send(rpc(APPLICATION_ERROR, TERMINATE_STREAM, stream,
                              [(":content-type", T_STRING, "application/json")],
                              json.dumps({"error": "Unsupported Operation",
@@ -365,9 +389,53 @@ class Nucleus:
         flags = 0 if self.mode == "lite" else TERMINATE_STREAM
         send(rpc(APPLICATION_MESSAGE, flags, stream, json_headers(RESPONSE_MODEL), b'{"isValid":true}'))
 
+    def _respond(self, send, stream, model, body):
+        flags = 0 if self.mode == "lite" else TERMINATE_STREAM
+        send(rpc(APPLICATION_MESSAGE, flags, stream, json_headers(model), json.dumps(body).encode()))
+
+    def _update_state(self, send, stream, component, payload):
+        try:
+            state = json.loads(payload.decode()).get("state")
+        except (ValueError, AttributeError):
+            state = None
+        if not isinstance(state, str):
+            return self._error(send, stream, "ServiceError", "Received invalid parameters.")
+        probe = "-"
+        if self.probe_port:
+            try:
+                socket.create_connection(("127.0.0.1", self.probe_port), timeout=5).close()
+                probe = "True"
+            except OSError:
+                probe = "False"
+        self.log(f"update_state component={component} state={state} port_open={probe}")
+        self._respond(send, stream, "aws.greengrass#UpdateStateResponse", {})
+
+    def _put_component_metric(self, send, stream, component, payload):
+        if not component.startswith("aws."):
+            return self._error(send, stream, "UnauthorizedError",
+                               f"{component} may not publish component metrics")
+        try:
+            metrics = json.loads(payload.decode()).get("metrics")
+        except (ValueError, AttributeError):
+            metrics = None
+        ok = isinstance(metrics, list) and all(
+            isinstance(m, dict) and isinstance(m.get("name"), str) and 1 <= len(m["name"].encode()) <= 32
+            and m.get("unit") in METRIC_UNITS and isinstance(m.get("value"), (int, float))
+            and not isinstance(m.get("value"), bool) and m["value"] >= 0 for m in metrics)
+        if not ok:
+            self.log(f"metric refused {payload!r}")
+            return self._error(send, stream, "InvalidArgumentsError", "invalid metrics")
+        for m in metrics:
+            value = m["value"]
+            if isinstance(value, float) and value.is_integer():
+                value = int(value)
+            self.log(f"metric component={component} name={m['name']} unit={m['unit']} value={value}")
+        self._respond(send, stream, "aws.greengrass#PutComponentMetricResponse", {})
+
     def _error(self, send, stream, code, message):
         if self.mode == "lite":
-            flags, body = 0, {"_message": message, "_errorCode": code}
+            # ggipcd's send_stream_error flags its errors TERMINATE_STREAM (its responses not).
+            flags, body = TERMINATE_STREAM, {"_message": message, "_errorCode": code}
         else:
             flags, body = TERMINATE_STREAM, {"message": message}
         send(rpc(APPLICATION_ERROR, flags, stream, json_headers("aws.greengrass#" + code),
@@ -379,12 +447,13 @@ def main():
     parser.add_argument("--socket", required=True)
     parser.add_argument("--mode", choices=["classic", "lite", "silent"], default="classic")
     parser.add_argument("--component", action="append", default=[], metavar="NAME=SVCUID")
+    parser.add_argument("--probe-port", type=int, default=None)
     args = parser.parse_args()
     components = {}
     for item in args.component:
         name, _, svcuid = item.partition("=")
         components[svcuid] = name
-    nucleus = Nucleus(args.socket, components, args.mode)
+    nucleus = Nucleus(args.socket, components, args.mode, probe_port=args.probe_port)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

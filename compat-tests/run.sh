@@ -34,7 +34,9 @@
 #      test_ipc_auth.py     client tokens validated by the Greengrass nucleus over its IPC socket: the
 #                           nucleus stand-in (nucleus_ipc.py) checked with the real awsiotsdk IPC client,
 #                           then weir against it with the stream_manager SDK (valid, invalid, held,
-#                           silent, down, restarted, lite)
+#                           silent, down, restarted, lite); readiness (UpdateState RUNNING once the
+#                           port takes connections) and telemetry (PutComponentMetric deltas; lite
+#                           refuses it once) against the stand-in, checked with awsiotsdk first
 #      test_packaging.py    the Greengrass v2 component (build-component.sh; the recipe parsed with
 #                           PyYAML and checked, each manifest's startup run as its nucleus would,
 #                           serving stream_manager 1.1.2), the Greengrass v1 java wrapper (weir for

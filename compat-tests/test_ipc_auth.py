@@ -14,8 +14,18 @@
     restarted nucleus serves clients again, the lite mode (replies without the terminate
     flag) works, and a nucleus that refuses weir's own CONNECT (both ways) refuses clients.
 
+(c) Readiness and telemetry (issue 8 items 1 and 7): the stand-in's UpdateState and
+    PutComponentMetric are first checked with awsiotsdk (GreengrassCoreIPCClientV2.update_state,
+    put_component_metric; lite refuses the metric as ggipcd does), then weir runs against it: the
+    stand-in receives UpdateState RUNNING once, and at that moment a TCP connect to weir's port
+    succeeds (the stand-in tries it itself); after an append and a few shortened telemetry
+    intervals (WEIR_TELEMETRY_INTERVAL_MS) it has received BytesAppended summing to the bytes
+    appended; against lite, weir still reports RUNNING and stops telemetry after its one
+    refused PutComponentMetric, with one log line.
+
 Every process started here (stand-ins, weir, clients) is stopped by its own PID. The same file,
-run with a first argument `awsiotsdk` or `sm-client`, is the client program of (a) or (b).
+run with a first argument `awsiotsdk`, `awsiotsdk-lifecycle` or `sm-client`, is the client
+program of (a), (c) or (b).
 """
 import os
 import re
@@ -70,6 +80,34 @@ def awsiotsdk_main(argv):
     return 0
 
 
+def awsiotsdk_lifecycle_main(argv):
+    """awsiotsdk venv: connect to SOCKET with SVCUID, UpdateState RUNNING, PutComponentMetric of one
+    BytesAppended=5; one line per result."""
+    sock, svcuid = argv[0], argv[1]
+    from awsiot.greengrasscoreipc import connect
+    from awsiot.greengrasscoreipc.clientv2 import GreengrassCoreIPCClientV2
+    from awsiot.greengrasscoreipc import model
+    client = GreengrassCoreIPCClientV2(client=connect(ipc_socket=sock, authtoken=svcuid, timeout=10))
+    try:
+        for name, call in (
+                ("UPDATE_STATE", lambda: client.update_state(state=model.ReportedLifecycleState.RUNNING)),
+                ("PUT_METRIC", lambda: client.put_component_metric(metrics=[
+                    model.Metric(name="BytesAppended", unit=model.MetricUnitType.BYTES, value=5)]))):
+            try:
+                r = call()
+                outcome = f"OK {type(r).__name__}"
+            except model.ServiceError:
+                outcome = "SERVICE_ERROR"
+            except model.UnauthorizedError:
+                outcome = "UNAUTHORIZED"
+            except Exception as e:
+                outcome = f"ERROR_{type(e).__name__}"
+            print(f"{name} {outcome}", flush=True)
+    finally:
+        client.close()
+    return 0
+
+
 def sm_client_main(argv):
     """stream_manager venv: connect (token from AWS_CONTAINER_AUTHORIZATION_TOKEN), append and
     read back; prints SERVED, or REFUSED status=<ConnectResponse status> exc=<exception>."""
@@ -114,12 +152,13 @@ def sm_client_main(argv):
 class StandIn:
     """One nucleus_ipc.py process; its stdout lines are collected."""
 
-    def __init__(self, path, mode):
+    def __init__(self, path, mode, probe_port=None):
         self.path, self.mode = path, mode
         self.lines = []
         self.cond = threading.Condition()
+        probe = ["--probe-port", str(probe_port)] if probe_port else []
         self.proc = subprocess.Popen(
-            [sys.executable, os.path.join(HERE, "nucleus_ipc.py"), "--socket", path, "--mode", mode]
+            [sys.executable, os.path.join(HERE, "nucleus_ipc.py"), "--socket", path, "--mode", mode] + probe
             + [a for c in COMPONENTS for a in ("--component", c)],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         threading.Thread(target=self._drain, daemon=True).start()
@@ -151,6 +190,11 @@ class StandIn:
         rx = re.compile(pattern)
         with self.cond:
             return sum(1 for l in self.lines if rx.search(l))
+
+    def matches(self, pattern):
+        rx = re.compile(pattern)
+        with self.cond:
+            return [m for m in (rx.search(l) for l in self.lines) if m]
 
     def signal(self, sig):
         os.kill(self.proc.pid, sig)
@@ -207,6 +251,90 @@ def check_standin(report, tmp, mode):
         rc = nucleus.stop()
         if rc != 0:
             report.fail(f"awsiotsdk/{mode}: the stand-in exits 0", f"exit {rc}\n{nucleus.tail()}")
+
+
+def check_standin_lifecycle(report, tmp, mode):
+    """(c), first half: UpdateState and PutComponentMetric as awsiotsdk sees them."""
+    from harness import run_client, sdk_python
+    sock = os.path.join(tmp, f"{mode}-lifecycle.socket")
+    nucleus = StandIn(sock, mode)
+    try:
+        rc, out, err = run_client([sdk_python("py311-awsiotsdk-1.31.0"), os.path.abspath(__file__),
+                                   "awsiotsdk-lifecycle", sock, WEIR_SVCUID], dict(os.environ), CLIENT_DEADLINE_S)
+        if rc != 0:
+            raise HarnessError(f"the awsiotsdk client exited {rc}:\n{out}\n{err[-3000:]}")
+        metric = "OK PutComponentMetricResponse" if mode == "classic" else "SERVICE_ERROR"
+        expected = ["UPDATE_STATE OK UpdateStateResponse", f"PUT_METRIC {metric}"]
+        case = f"awsiotsdk/{mode}: UpdateState answered, PutComponentMetric {'answered' if mode == 'classic' else 'refused as lite does'}"
+        seen_state = nucleus.count(r"update_state component=aws.greengrass.StreamManager state=RUNNING") == 1
+        seen_metric = nucleus.count(r"metric component=aws.greengrass.StreamManager name=BytesAppended unit=BYTES value=5$")
+        if out.splitlines() == expected and seen_state and seen_metric == (1 if mode == "classic" else 0):
+            report.ok(case)
+        else:
+            report.fail(case, f"got {out!r}\n{nucleus.tail()}")
+    finally:
+        rc = nucleus.stop()
+        if rc != 0:
+            report.fail(f"awsiotsdk/{mode}: the lifecycle stand-in exits 0", f"exit {rc}\n{nucleus.tail()}")
+
+
+def free_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def check_readiness_and_telemetry(report, tmp):
+    """(c), second half: weir against the stand-in (classic, then lite)."""
+    from harness import Weir
+    for mode in ("classic", "lite"):
+        sock = os.path.join(tmp, f"{mode}-ready.socket")
+        port = free_port()
+        nucleus = StandIn(sock, mode, probe_port=port)
+        weir = Weir(f"ready-{mode}", env={"WEIR_TELEMETRY_INTERVAL_MS": "200"})
+        try:
+            with NucleusEnv({"SVCUID": WEIR_SVCUID, "AWS_GG_NUCLEUS_DOMAIN_SOCKET_FILEPATH_FOR_COMPONENT": sock}):
+                weir.start(port=port)
+            case = f"{mode}: weir reports RUNNING, and its port takes connections at that moment"
+            if nucleus.wait_for(r"update_state component=aws.greengrass.StreamManager state=RUNNING port_open=True",
+                                START_DEADLINE_S):
+                report.ok(case)
+            else:
+                report.fail(case, f"{nucleus.tail()}\n{weir.log_tail(20)}")
+            expect(report, f"{mode}: a client is served", sm_client(weir, CLIENT_TOKEN), "SERVED", weir, nucleus)
+            if mode == "classic":
+                # sm-client appends one message, b"ipc-auth" (8 bytes).
+                case = "classic: the nucleus receives BytesAppended summing to the bytes appended"
+                got = nucleus.wait_for(r"name=BytesAppended unit=BYTES value=[1-9]", START_DEADLINE_S)
+                values = [int(m.group(1)) for m in nucleus.matches(r"name=BytesAppended unit=BYTES value=(\d+)")]
+                kinesis = [int(m.group(1)) for m in nucleus.matches(r"name=BytesUploadedToKinesis unit=BYTES value=(\d+)")]
+                if got and sum(values) == 8 and sum(kinesis) == 0:
+                    report.ok(case, f"values {values}")
+                else:
+                    report.fail(case, f"BytesAppended {values}, Kinesis {kinesis}\n{nucleus.tail()}")
+            else:
+                got = nucleus.wait_for(r"unsupported operation aws.greengrass#PutComponentMetric", START_DEADLINE_S)
+                # More appends after the refusal: nothing more may be sent for them.
+                expect(report, "lite: a client is served after the refusal", sm_client(weir, CLIENT_TOKEN), "SERVED",
+                       weir, nucleus)
+            weir.stop()
+            if mode == "lite":
+                case = "lite: PutComponentMetric is refused once, weir logs it once and stops telemetry"
+                logged = sum(1 for l in weir.log_lines if "refuses component metrics" in l)
+                tried = nucleus.count(r"unsupported operation aws.greengrass#PutComponentMetric")
+                if got and logged == 1 and tried == 1:
+                    report.ok(case)
+                else:
+                    report.fail(case, f"tried {tried}, logged {logged}\n{nucleus.tail()}\n{weir.log_tail(20)}")
+            case = f"{mode}: RUNNING is reported once"
+            n = nucleus.count(r"update_state ")
+            report.ok(case) if n == 1 else report.fail(case, nucleus.tail())
+        except BaseException:
+            weir.kill()
+            raise
+        finally:
+            nucleus.stop()
 
 
 class NucleusEnv:
@@ -379,10 +507,12 @@ def main():
     try:
         for mode in ("classic", "lite"):
             check_standin(report, tmp, mode)
+            check_standin_lifecycle(report, tmp, mode)
         if report.failed:
             print("the stand-in does not behave as awsiotsdk expects: weir is not tested against it", flush=True)
         else:
             check_weir(report, tmp)
+            check_readiness_and_telemetry(report, tmp)
     finally:
         import shutil
         shutil.rmtree(tmp, ignore_errors=True)
@@ -392,6 +522,8 @@ def main():
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "awsiotsdk":
         sys.exit(awsiotsdk_main(sys.argv[2:]))
+    if len(sys.argv) > 1 and sys.argv[1] == "awsiotsdk-lifecycle":
+        sys.exit(awsiotsdk_lifecycle_main(sys.argv[2:]))
     if len(sys.argv) > 1 and sys.argv[1] == "sm-client":
         try:
             sys.exit(sm_client_main(sys.argv[2:]))

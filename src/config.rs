@@ -114,6 +114,7 @@ pub const SETTINGS: &[Setting] = {
         setting("WEIR_MAX_IN_FLIGHT", Integer, "1024", "requests of one connection being carried out or waiting (flushOnWrite appends, long-polls)"),
         setting("WEIR_MAX_LONG_POLLS_PER_CONNECTION", Integer, "16", "reads waiting for messages on one connection; more are answered at once"),
         setting("WEIR_MAX_LONG_POLLS", Integer, "256", "reads waiting for messages, all connections together"),
+        setting("WEIR_TELEMETRY_INTERVAL_MS", Integer, "60000", "under Greengrass v2, how often the byte counts are sent to the nucleus (PutComponentMetric)"),
     ]
 };
 
@@ -212,6 +213,8 @@ pub struct Config {
     pub log_level: String,
     pub sync_interval: std::time::Duration,
     pub max_read_bytes: usize,
+    /// `WEIR_TELEMETRY_INTERVAL_MS`: how often telemetry goes to the nucleus.
+    pub telemetry_interval: Duration,
     /// Everything else the server bounds (the handshake, memory,
     /// long-polls, the shutdown deadline).
     pub limits: ServerLimits,
@@ -426,6 +429,14 @@ impl Config {
                     "WEIR_SYNC_INTERVAL_MS",
                     get("WEIR_SYNC_INTERVAL_MS"),
                     1000u64,
+                )?
+                .max(1),
+            ),
+            telemetry_interval: Duration::from_millis(
+                parse(
+                    "WEIR_TELEMETRY_INTERVAL_MS",
+                    get("WEIR_TELEMETRY_INTERVAL_MS"),
+                    60_000u64,
                 )?
                 .max(1),
             ),

@@ -78,8 +78,20 @@
 //!   the stream ([`store::export_cursor`]: one atomically written,
 //!   checksummed file beside its segments, loaded when the store opens, so
 //!   describe's `exportStatuses` are right from the first moment).
-//! * [`auth`]: client tokens. [`config`]: the Java server's environment
-//!   variables. [`clock`]: wall time, passed in. [`daemon`]: lifecycle.
+//! * [`auth`]: client tokens: a token file, or under Greengrass v2 the
+//!   nucleus (`ValidateAuthorizationToken`). [`auth::ipc`] is weir's one
+//!   client of the nucleus IPC: one shared Unix-socket connection, requests
+//!   (operation, model type, JSON payload) multiplexed on stream ids, each
+//!   reply mapped by its caller. Besides validations it carries readiness
+//!   (`UpdateState` RUNNING, sent by [`daemon`] right after the listener is
+//!   bound, whatever the authentication mode, retried with a backoff
+//!   without holding up clients) and [`telemetry`] (relaxed atomic byte
+//!   counters bumped where an append is acknowledged and where an export
+//!   batch advances, sent as `PutComponentMetric` deltas every
+//!   `WEIR_TELEMETRY_INTERVAL_MS`; one log line and no more tries from a
+//!   nucleus that refuses them, as lite does).
+//! * [`config`]: the Java server's environment variables. [`clock`]: wall
+//!   time, passed in. [`daemon`]: lifecycle.
 //! * [`mod@bench`]: `weir bench`, a native load generator, and a server that
 //!   stores nothing, the baseline for client-side benchmarks.
 //! * `fuzzing` (feature `test-util`): the fuzz targets' logic, run by
@@ -100,3 +112,4 @@ pub mod fuzzing;
 pub mod protocol;
 pub mod server;
 pub mod store;
+pub mod telemetry;

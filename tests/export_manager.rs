@@ -236,6 +236,7 @@ async fn iot_analytics_exports_go_to_their_channel_or_where_redirected() {
         iot_analytics_to_kinesis: BTreeMap::from([("moved".into(), "kinesis-for-moved".into())]),
         ..ExportSettings::default()
     };
+    let telemetry = Arc::clone(&settings.telemetry);
     let h = Harness::start(settings);
     let channel = |id: &str, channel: &str| IotAnalyticsConfig {
         identifier: id.into(),
@@ -269,4 +270,12 @@ async fn iot_analytics_exports_go_to_their_channel_or_where_redirected() {
     }
     assert!(error.unwrap().contains("does not export to HTTP"));
     h.stop().await;
+    // Telemetry counts the redirected export's bytes as Kinesis ones: the
+    // same two messages went to each.
+    let totals = telemetry.totals();
+    assert!(totals.bytes_uploaded_to_iot_analytics > 0);
+    assert_eq!(
+        totals.bytes_uploaded_to_kinesis,
+        totals.bytes_uploaded_to_iot_analytics
+    );
 }

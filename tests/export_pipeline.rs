@@ -217,6 +217,7 @@ fn start(
         settings,
         clock: Arc::new(ManualClock::new(T0 + 1)),
         retry: RetryPolicy::default(),
+        uploaded: None,
     };
     let stop = CancellationToken::new();
     let task = tokio::spawn(pipeline.run(stop.clone()));
@@ -568,4 +569,35 @@ async fn a_batch_goes_when_full_or_when_its_interval_has_passed() {
     assert!(full_at.elapsed() < interval, "{:?}", full_at.elapsed());
     assert_eq!(cloud.requests()[1], (3..13).collect::<Vec<_>>());
     running.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn telemetry_counts_the_bytes_taken_never_the_skipped_or_twice_the_retried() {
+    let store = memory_store(&[("k1", 0)]);
+    for i in 0..4u8 {
+        append(&store, vec![i; 3]);
+    }
+    // Too large for the destination: refused before it is sent.
+    append(&store, vec![7; 2000]);
+    let cloud = Cloud::new("cloud");
+    cloud.script([Fault::Partial(vec![1])]);
+    let uploaded = Arc::new(weir::telemetry::Counter::default());
+    let pipeline = Pipeline {
+        reader: Arc::new(store.export_reader(STREAM).unwrap()),
+        destination: Arc::clone(&cloud) as Arc<dyn Destination>,
+        gate: gate(),
+        settings: settings("k1", 0),
+        clock: Arc::new(ManualClock::new(T0 + 1)),
+        retry: RetryPolicy::default(),
+        uploaded: Some(Arc::clone(&uploaded)),
+    };
+    let stop = CancellationToken::new();
+    let running = Running {
+        stop: stop.clone(),
+        task: tokio::spawn(pipeline.run(stop)),
+    };
+    cloud.until_taken(4).await;
+    running.stop().await;
+    assert_eq!(status(&store, "k1").exported_bytes_from_stream, 12);
+    assert_eq!(uploaded.total(), 12);
 }

@@ -1,6 +1,11 @@
-//! Token validation through the Greengrass nucleus IPC
-//! (`aws.greengrass#ValidateAuthorizationToken`), the way the genuine
-//! stream manager asks it.
+//! weir's client of the Greengrass nucleus IPC: one connection, shared by
+//! every request weir makes of the nucleus. The requests are
+//! `aws.greengrass#ValidateAuthorizationToken` ([`IpcValidator`], the way
+//! the genuine stream manager asks it), `aws.greengrass#UpdateState`
+//! (readiness, [`crate::daemon`]) and `aws.greengrass#PutComponentMetric`
+//! (telemetry, [`crate::telemetry`]): each is a [`Request`] (operation,
+//! model type, JSON payload) handed to [`IpcClient::call`], and its
+//! [`Reply`] is mapped by the caller.
 //!
 //! Wire (shared/docs GREENGRASS.md 2.2-2.6): a Unix stream socket carrying
 //! AWS event-stream messages (prelude with lengths and a CRC-32, headers,
@@ -8,22 +13,22 @@
 //! RPC layer's int32 headers `:message-type`, `:message-flags`,
 //! `:stream-id`. weir connects with CONNECT (`:version` 0.1.0, payload
 //! `{"authToken":"<SVCUID>"}`) and waits for a CONNECT_ACK flagged
-//! accepted; each validation then opens a new operation stream (ids 1, 2,
-//! 3, ... on that connection) with `operation` =
-//! `aws.greengrass#ValidateAuthorizationToken` and payload
-//! `{"token":"<client token>"}`. The first reply on a stream completes it,
-//! with or without the terminate flag (nucleus lite sends none).
+//! accepted; each request then opens a new operation stream (ids 1, 2,
+//! 3, ... on that connection) with its `operation`, `service-model-type`
+//! and payload (a validation: `{"token":"<client token>"}`). The first
+//! reply on a stream completes it, with or without the terminate flag
+//! (nucleus lite sends none on a success).
 //!
-//! One connection is shared by every validation ([`IpcValidator`] hands
-//! them to one task, which multiplexes them on stream ids), opened when
-//! the first validation comes and again, lazily, after it fails: a refused
-//! connect waits out a backoff (doubling from [`FIRST_BACKOFF`] to
+//! One connection is shared by every request ([`IpcClient`] hands them to
+//! one task, which multiplexes them on stream ids), opened when the first
+//! request comes and again, lazily, after it fails: a refused connect
+//! waits out a backoff (doubling from [`FIRST_BACKOFF`] to
 //! [`MAX_BACKOFF`]) before the next attempt, so a dead nucleus is tried at
 //! most once per backoff however many clients come, and a restarted one is
 //! used again within seconds. A connection that breaks (closed, a garbage
-//! or oversized message, a protocol error, a validation left unanswered
-//! past its deadline) fails the validations on it and is dropped; the next
-//! validation opens a new one at once.
+//! or oversized message, a protocol error, a request left unanswered past
+//! its deadline) fails the requests on it and is dropped; the next request
+//! opens a new one at once.
 //!
 //! Every way a validation can fail other than the nucleus saying the token
 //! is not valid ends in [`Admission::Refused`] with the reason: the client
@@ -39,14 +44,15 @@ use aws_smithy_eventstream::frame::{read_message_from, write_message_to};
 use bytes::{Bytes, BytesMut};
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-/// How long a validation may take, connecting included, before the client
-/// is refused. The Java SDK waits 10 s for its ConnectResponse: 8 s leaves
+/// How long a request may take, connecting included (a validation: before
+/// the client is refused). The Java SDK waits 10 s for its ConnectResponse: 8 s leaves
 /// it a refusal to read rather than its own timeout. A live nucleus
 /// answers in milliseconds.
 pub const VALIDATION_TIMEOUT: Duration = Duration::from_secs(8);
@@ -62,7 +68,7 @@ pub const MAX_MESSAGE_LEN: usize = 64 * 1024;
 pub const MAX_TOKEN_LEN: usize = 4096;
 /// How long past its deadline a caller still waits for the task's answer.
 const BACKSTOP: Duration = Duration::from_millis(250);
-/// Validations waiting to be sent to the nucleus.
+/// Requests waiting to be sent to the nucleus.
 const QUEUE: usize = 256;
 
 pub const OPERATION: &str = "aws.greengrass#ValidateAuthorizationToken";
@@ -90,17 +96,19 @@ pub const TERMINATE_STREAM: i32 = 2;
 const MIN_MESSAGE_LEN: usize = 16;
 const PRELUDE_LEN: usize = 12;
 
-#[derive(Debug, thiserror::Error)]
+/// Why a request got no reply from the nucleus. Cloneable (I/O errors are
+/// shared): one broken connection fails every request on it.
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum IpcError {
     #[error("cannot connect to the nucleus IPC socket {path}: {source}")]
     Connect {
         path: PathBuf,
-        source: std::io::Error,
+        source: Arc<std::io::Error>,
     },
     #[error("the nucleus did not accept weir's IPC connect (is SVCUID the one it gave weir?)")]
     ConnectRejected,
     #[error("the nucleus IPC connection failed: {0}")]
-    Io(#[from] std::io::Error),
+    Io(Arc<std::io::Error>),
     #[error("the nucleus closed the IPC connection")]
     Closed,
     #[error("a malformed message from the nucleus: {0}")]
@@ -109,6 +117,16 @@ pub enum IpcError {
     Protocol(String),
     #[error("the nucleus did not answer within {0:?}")]
     Timeout(Duration),
+    #[error("no operation stream id left on the nucleus IPC connection; reconnecting")]
+    StreamIdsExhausted,
+    #[error("the nucleus IPC client has stopped")]
+    Stopped,
+}
+
+impl From<std::io::Error> for IpcError {
+    fn from(e: std::io::Error) -> Self {
+        IpcError::Io(Arc::new(e))
+    }
 }
 
 // ---- the event-stream codec (sans-IO) ----
@@ -176,8 +194,31 @@ pub fn connect_message(svcuid: &str) -> Message {
     )
 }
 
-/// The request that opens operation stream `stream`.
-pub fn validate_message(stream: i32, token: &str) -> Message {
+/// One operation weir asks of the nucleus.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Request {
+    /// `operation`, e.g. `aws.greengrass#UpdateState`.
+    pub operation: &'static str,
+    /// `service-model-type` of the request, e.g.
+    /// `aws.greengrass#UpdateStateRequest`.
+    pub model: &'static str,
+    /// The request model as JSON.
+    pub payload: Bytes,
+}
+
+impl Request {
+    /// `ValidateAuthorizationToken` of a client's token.
+    pub fn validate_token(token: &str) -> Request {
+        Request {
+            operation: OPERATION,
+            model: REQUEST_MODEL,
+            payload: json::object_with_string("token", token).into(),
+        }
+    }
+}
+
+/// The message that opens operation stream `stream` with `request`.
+pub fn request_message(stream: i32, request: &Request) -> Message {
     rpc_message(
         kind::APPLICATION_MESSAGE,
         0,
@@ -189,12 +230,61 @@ pub fn validate_message(stream: i32, token: &str) -> Message {
             ),
             Header::new(
                 "service-model-type",
-                HeaderValue::String(REQUEST_MODEL.into()),
+                HeaderValue::String(request.model.into()),
             ),
         ],
-        Some(OPERATION),
-        json::object_with_string("token", token),
+        Some(request.operation),
+        request.payload.clone(),
     )
+}
+
+/// The validation of `token` on operation stream `stream`.
+pub fn validate_message(stream: i32, token: &str) -> Message {
+    request_message(stream, &Request::validate_token(token))
+}
+
+/// The nucleus's first reply on a request's stream.
+#[derive(Clone, Debug)]
+pub struct Reply {
+    /// `:message-type`: [`kind::APPLICATION_MESSAGE`] (the response) or
+    /// [`kind::APPLICATION_ERROR`].
+    pub kind: i32,
+    pub message: Message,
+}
+
+impl Reply {
+    /// The response model type, if the nucleus named it.
+    pub fn model(&self) -> Option<&str> {
+        string_header(&self.message, "service-model-type")
+    }
+
+    /// `None` for a response; for an error, its name (the classic nucleus
+    /// names it in `service-model-type`, lite in `_errorCode` too) and its
+    /// message, for the log.
+    pub fn error(&self) -> Option<(String, String)> {
+        (self.kind != kind::APPLICATION_MESSAGE).then(|| error_of(&self.message))
+    }
+}
+
+/// An error reply's name and message (`message`, lite's `_message`, else
+/// the payload itself).
+fn error_of(message: &Message) -> (String, String) {
+    let fields = json::object_fields(message.payload()).unwrap_or_default();
+    let text = |name: &str| {
+        fields.iter().find_map(|(n, value)| match value {
+            Value::Str(s) if n == name => Some(s.clone()),
+            _ => None,
+        })
+    };
+    let code = string_header(message, "service-model-type")
+        .map(str::to_owned)
+        .or_else(|| text("_errorCode"))
+        .unwrap_or_else(|| "an unnamed error".into());
+    let detail = text("message")
+        .or_else(|| text("_message"))
+        .filter(|m| !m.is_empty())
+        .unwrap_or_else(|| lossy(message.payload()));
+    (code, detail)
 }
 
 /// A header's value by name (aws-c-event-stream compares names without
@@ -235,20 +325,10 @@ pub fn rpc_headers(message: &Message) -> Result<(i32, i32, i32), IpcError> {
 pub fn map_reply(message: &Message, kind: i32) -> Admission {
     let model = string_header(message, "service-model-type");
     let fields = json::object_fields(message.payload()).unwrap_or_default();
-    let field = |name: &str| {
-        fields
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, value)| value)
-    };
-    let text = |name: &str| match field(name) {
-        Some(Value::Str(s)) => Some(s.as_str()),
-        _ => None,
-    };
     match kind {
-        kind::APPLICATION_MESSAGE => match field("isValid") {
-            Some(Value::Bool(true)) => Admission::Admitted,
-            Some(Value::Bool(false)) => Admission::Unauthorized,
+        kind::APPLICATION_MESSAGE => match fields.iter().find(|(n, _)| n == "isValid") {
+            Some((_, Value::Bool(true))) => Admission::Admitted,
+            Some((_, Value::Bool(false))) => Admission::Unauthorized,
             _ => Admission::Refused(format!(
                 "the nucleus answered the validation with {} {:?}",
                 model.unwrap_or("no service-model-type"),
@@ -256,18 +336,12 @@ pub fn map_reply(message: &Message, kind: i32) -> Admission {
             )),
         },
         kind::APPLICATION_ERROR => {
-            // Classic names the error in service-model-type, lite in
-            // `_errorCode` too.
-            let code = model.or(text("_errorCode")).unwrap_or("an unnamed error");
+            let (code, detail) = error_of(message);
             let is =
                 |name: &str| code == name || code.rsplit('#').next() == name.rsplit('#').next();
             if is(INVALID_TOKEN) {
                 return Admission::Unauthorized;
             }
-            let detail = text("message")
-                .or(text("_message"))
-                .map(str::to_owned)
-                .unwrap_or_else(|| lossy(message.payload()));
             if is(UNAUTHORIZED) {
                 Admission::Refused(format!(
                     "the nucleus does not let weir validate tokens ({code}: {detail}); only a component named aws.greengrass.StreamManager may"
@@ -313,51 +387,50 @@ impl std::fmt::Debug for IpcSettings {
     }
 }
 
-/// Validates client tokens over the nucleus IPC. Cheap to call from every
-/// connection at once: validations are handed to one task that owns the
-/// IPC connection, and each caller waits only for its own answer.
-pub struct IpcValidator {
+/// weir's handle on the nucleus IPC: cheap to clone and to call from
+/// every connection at once. Requests are handed to one task that owns the
+/// IPC connection (started by [`IpcClient::start`], ended once every handle
+/// is dropped), and each caller waits only for its own reply.
+#[derive(Clone)]
+pub struct IpcClient {
     requests: mpsc::Sender<Pending>,
     timeout: Duration,
 }
 
 struct Pending {
-    token: String,
+    request: Request,
     deadline: Instant,
-    answer: oneshot::Sender<Admission>,
+    answer: oneshot::Sender<Result<Reply, IpcError>>,
 }
 
 impl Pending {
-    fn answer(self, admission: Admission) {
+    fn answer(self, outcome: Result<Reply, IpcError>) {
         // The caller may have given up (its own deadline): nothing to tell.
-        let _gone = self.answer.send(admission);
+        let _gone = self.answer.send(outcome);
     }
 }
 
-impl IpcValidator {
+impl IpcClient {
     /// Starts the task that talks to the nucleus (on the current tokio
-    /// runtime); it connects when the first validation comes, and ends
-    /// once the validator is dropped.
-    pub fn start(settings: IpcSettings) -> IpcValidator {
+    /// runtime); it connects when the first request comes.
+    pub fn start(settings: IpcSettings) -> IpcClient {
         let (requests, queue) = mpsc::channel(QUEUE);
-        let validator = IpcValidator {
+        let client = IpcClient {
             requests,
             timeout: settings.timeout,
         };
         tokio::spawn(Client::new(settings, queue).run());
-        validator
+        client
     }
 
-    /// Asks the nucleus whether `token` is valid; never waits longer than
-    /// the timeout.
-    pub async fn validate(&self, token: &str) -> Admission {
-        if token.len() > MAX_TOKEN_LEN {
-            return Admission::Unauthorized;
-        }
+    /// Sends `request` and returns the nucleus's first reply on its stream
+    /// (a response or an error, for the caller to map); never waits longer
+    /// than the timeout.
+    pub async fn call(&self, request: Request) -> Result<Reply, IpcError> {
         let deadline = Instant::now() + self.timeout;
         let (answer, answered) = oneshot::channel();
         let pending = Pending {
-            token: token.to_owned(),
+            request,
             deadline,
             answer,
         };
@@ -366,11 +439,40 @@ impl IpcValidator {
             answered.await.ok()
         };
         // The task answers at the deadline itself (and drops a connection
-        // that left a validation unanswered); this is the backstop.
+        // that left a request unanswered); this is the backstop.
         match tokio::time::timeout_at(deadline + BACKSTOP, asked).await {
-            Ok(Some(admission)) => admission,
-            Ok(None) => Admission::Refused("the nucleus IPC client has stopped".into()),
-            Err(_) => Admission::Refused(IpcError::Timeout(self.timeout).to_string()),
+            Ok(Some(outcome)) => outcome,
+            Ok(None) => Err(IpcError::Stopped),
+            Err(_) => Err(IpcError::Timeout(self.timeout)),
+        }
+    }
+}
+
+/// Validates client tokens over the nucleus IPC
+/// (`ValidateAuthorizationToken` on the shared [`IpcClient`]).
+pub struct IpcValidator {
+    client: IpcClient,
+}
+
+impl IpcValidator {
+    pub fn new(client: IpcClient) -> IpcValidator {
+        IpcValidator { client }
+    }
+
+    /// A validator on a connection of its own.
+    pub fn start(settings: IpcSettings) -> IpcValidator {
+        IpcValidator::new(IpcClient::start(settings))
+    }
+
+    /// Asks the nucleus whether `token` is valid; never waits longer than
+    /// the timeout.
+    pub async fn validate(&self, token: &str) -> Admission {
+        if token.len() > MAX_TOKEN_LEN {
+            return Admission::Unauthorized;
+        }
+        match self.client.call(Request::validate_token(token)).await {
+            Ok(reply) => map_reply(&reply.message, reply.kind),
+            Err(e) => Admission::Refused(e.to_string()),
         }
     }
 }
@@ -411,13 +513,13 @@ impl Client {
                         socket = %self.settings.socket.display(),
                         error = %e,
                         retry_after = ?self.backoff,
-                        "cannot reach the Greengrass nucleus to validate client tokens"
+                        operation = first.request.operation,
+                        "cannot reach the Greengrass nucleus IPC"
                     );
-                    let reason = e.to_string();
-                    first.answer(Admission::Refused(reason.clone()));
+                    first.answer(Err(e.clone()));
                     // Those that came meanwhile wanted the same attempt.
                     while let Ok(queued) = self.queue.try_recv() {
-                        queued.answer(Admission::Refused(reason.clone()));
+                        queued.answer(Err(e.clone()));
                     }
                     self.next_attempt = Some(Instant::now() + self.backoff);
                     self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
@@ -435,7 +537,7 @@ impl Client {
                 None => return,
                 Some(e) => tracing::warn!(
                     error = %e,
-                    "the nucleus IPC connection ended; the next validation opens a new one"
+                    "the nucleus IPC connection ended; the next request opens a new one"
                 ),
             }
         }
@@ -457,7 +559,7 @@ impl Connection {
             .await
             .map_err(|source| IpcError::Connect {
                 path: settings.socket.clone(),
-                source,
+                source: Arc::new(source),
             })?;
         let mut connection = Connection {
             stream,
@@ -505,9 +607,9 @@ impl Connection {
         }
     }
 
-    /// Sends `first` and every validation queued after it, and answers them
-    /// as replies come, until the connection fails (the error returned, the
-    /// validations on it refused) or the queue closes (`None`).
+    /// Sends `first` and every request queued after it, and answers them
+    /// as replies come, until the connection fails (the error returned, and
+    /// given to the requests on it) or the queue closes (`None`).
     async fn serve(
         &mut self,
         first: Pending,
@@ -517,9 +619,8 @@ impl Connection {
             Ok(()) => self.exchange(queue).await?,
             Err(e) => e,
         };
-        let reason = error.to_string();
         for (_, pending) in self.pending.drain() {
-            pending.answer(Admission::Refused(reason.clone()));
+            pending.answer(Err(error.clone()));
         }
         Some(error)
     }
@@ -549,7 +650,7 @@ impl Connection {
         }
     }
 
-    /// A deadline passed: a validation left unanswered that long means the
+    /// A deadline passed: a request left unanswered that long means the
     /// connection is not to be trusted any more (its callers, waiting for
     /// the same deadline, give up at once).
     fn expire(&mut self) -> Result<(), IpcError> {
@@ -568,14 +669,12 @@ impl Connection {
         // Callers that gave up leave nothing behind.
         self.pending.retain(|_, p| !p.answer.is_closed());
         if self.next_stream == i32::MAX {
-            pending.answer(Admission::Refused(
-                "stream ids ran out; reconnecting".into(),
-            ));
-            return Err(IpcError::Protocol("no stream id left".into()));
+            pending.answer(Err(IpcError::StreamIdsExhausted));
+            return Err(IpcError::StreamIdsExhausted);
         }
         let stream = self.next_stream;
         self.next_stream += 1;
-        let message = validate_message(stream, &pending.token);
+        let message = request_message(stream, &pending.request);
         self.pending.insert(stream, pending);
         self.write(&message).await
     }
@@ -617,11 +716,11 @@ impl Connection {
                 "message type {kind} on operation stream {stream}"
             )));
         }
-        // The first reply completes the validation, terminate flag or not
-        // (nucleus lite sets none); a reply to one that timed out or was
-        // already answered is dropped.
+        // The first reply completes the request, terminate flag or not
+        // (nucleus lite sets none on a success); a reply to one that timed
+        // out or was already answered is dropped.
         if let Some(pending) = self.pending.remove(&stream) {
-            pending.answer(map_reply(&message, kind));
+            pending.answer(Ok(Reply { kind, message }));
         }
         Ok(())
     }
@@ -634,5 +733,7 @@ async fn sleep_until_some(deadline: Option<Instant>) {
     }
 }
 
+#[cfg(test)]
+pub(crate) mod scripted;
 #[cfg(test)]
 mod tests;

@@ -11,7 +11,8 @@
 //!   (`AWS_GG_NUCLEUS_DOMAIN_SOCKET_FILEPATH_FOR_COMPONENT`, else
 //!   `AWS_GG_NUCLEUS_DOMAIN_SOCKET_FILEPATH`) are set, as they are for a
 //!   Greengrass v2 component: weir asks the nucleus, as the genuine server
-//!   does, with `ValidateAuthorizationToken` over one shared IPC connection.
+//!   does, with `ValidateAuthorizationToken` over the IPC connection weir
+//!   shares with its readiness and telemetry ([`ipc::IpcClient`]).
 //!   Valid → admitted; `InvalidTokenError` → `Unauthorized`; any other
 //!   answer, a nucleus that cannot be reached, drops the connection or does
 //!   not answer within [`ipc::VALIDATION_TIMEOUT`] → the client is refused
@@ -92,10 +93,10 @@ impl Authenticator {
         })
     }
 
-    /// Asks the nucleus over its IPC socket (starts the task that talks
-    /// to it, on the current tokio runtime).
-    pub fn nucleus_ipc(settings: ipc::IpcSettings) -> Self {
-        Authenticator::Ipc(ipc::IpcValidator::start(settings))
+    /// Asks the nucleus over its IPC connection (`client`, shared with
+    /// weir's other requests of the nucleus).
+    pub fn nucleus_ipc(client: ipc::IpcClient) -> Self {
+        Authenticator::Ipc(ipc::IpcValidator::new(client))
     }
 
     pub fn token_file(&self) -> Option<&Path> {

@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 
 /// The server-wide export settings (the Java server's environment
 /// variables, and weir's own).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct ExportSettings {
     /// Uploads in progress at once (`STREAM_MANAGER_EXPORTER_THREAD_POOL_SIZE`).
     pub uploads_at_once: usize,
@@ -41,6 +41,8 @@ pub struct ExportSettings {
     /// the channel `*` stands for every channel not named.
     pub iot_analytics_to_kinesis: BTreeMap<String, String>,
     pub retry: RetryPolicy,
+    /// Where the pipelines count the bytes they upload (by where they go).
+    pub telemetry: Arc<crate::telemetry::Telemetry>,
 }
 
 impl Default for ExportSettings {
@@ -50,6 +52,7 @@ impl Default for ExportSettings {
             max_bandwidth_kbps: None,
             iot_analytics_to_kinesis: BTreeMap::new(),
             retry: RetryPolicy::default(),
+            telemetry: Arc::default(),
         }
     }
 }
@@ -314,11 +317,17 @@ impl ExportManager {
             // Deleted meanwhile: its event follows.
             Err(_) => return None,
         };
-        let destination = match &want.target {
-            Target::Kinesis { stream_name } => self.destinations.kinesis(stream_name),
-            Target::IotAnalytics { channel, prefix } => {
-                self.destinations.iot_analytics(channel, prefix.as_deref())
-            }
+        let telemetry = &self.settings.telemetry;
+        // Redirected IoT Analytics exports are Kinesis ones here.
+        let (destination, uploaded) = match &want.target {
+            Target::Kinesis { stream_name } => (
+                self.destinations.kinesis(stream_name),
+                &telemetry.bytes_uploaded_to_kinesis,
+            ),
+            Target::IotAnalytics { channel, prefix } => (
+                self.destinations.iot_analytics(channel, prefix.as_deref()),
+                &telemetry.bytes_uploaded_to_iot_analytics,
+            ),
         };
         let pipeline = Pipeline {
             reader,
@@ -327,6 +336,7 @@ impl ExportManager {
             settings: want.settings.clone(),
             clock: Arc::clone(&self.clock),
             retry: self.settings.retry,
+            uploaded: Some(Arc::clone(uploaded)),
         };
         let stop = CancellationToken::new();
         let stream = stream.to_owned();

@@ -123,6 +123,10 @@ pub struct Pipeline {
     pub settings: PipelineSettings,
     pub clock: Arc<dyn Clock>,
     pub retry: RetryPolicy,
+    /// Where the payload bytes the destination took are counted for
+    /// telemetry (`BytesUploadedTo...`, [`crate::telemetry`]), when a batch
+    /// advances; the manager picks it from where the records go.
+    pub uploaded: Option<Arc<crate::telemetry::Counter>>,
 }
 
 /// What one batch came to, for the cursor.
@@ -404,6 +408,9 @@ impl Run<'_> {
         next.last_export_time = Some(self.pipeline.clock.now_millis());
         next.exported_messages_count += report.exported_messages;
         next.exported_bytes_from_stream += report.exported_bytes;
+        if let Some(uploaded) = &self.pipeline.uploaded {
+            uploaded.add(u64::try_from(report.exported_bytes).unwrap_or(0));
+        }
         next.skipped_messages += report.skipped_messages;
         next.error_message = match report.skipped.len() {
             0 => None,

@@ -4,6 +4,7 @@
 use crate::protocol::model::ReadMessagesOptions;
 use crate::protocol::{Failure, Reply, ReplyBody, Request, RequestBody, StatusCode};
 use crate::store::{Appending, DiskRead, ReadNow, Store, StoreError};
+use crate::telemetry::{Counter, Telemetry};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -86,11 +87,39 @@ pub struct StoreHandler(pub Arc<Store>);
 
 impl RequestHandler for StoreHandler {
     fn handle(&self, request: Request) -> Handled {
-        handle(&self.0, request)
+        handle(&self.0, None, request)
     }
 }
 
-fn handle(store: &Arc<Store>, request: Request) -> Handled {
+/// [`StoreHandler`] that also counts, for telemetry, the payload bytes of
+/// every append it acknowledges with success (`BytesAppended`,
+/// [`crate::telemetry`]); the daemon's handler.
+pub struct CountingStoreHandler {
+    pub store: Arc<Store>,
+    pub telemetry: Arc<Telemetry>,
+}
+
+impl RequestHandler for CountingStoreHandler {
+    fn handle(&self, request: Request) -> Handled {
+        let appended = Some(&self.telemetry.bytes_appended);
+        handle(&self.store, appended, request)
+    }
+}
+
+/// An append's answer, its `bytes` counted in `appended` when it is a
+/// success: the one place where an append is acknowledged.
+fn acknowledge(
+    result: Result<i64, StoreError>,
+    bytes: usize,
+    appended: Option<Arc<Counter>>,
+) -> Result<i64, Failure> {
+    if let (Ok(_), Some(counter)) = (&result, appended) {
+        counter.add(bytes as u64);
+    }
+    answer(result)
+}
+
+fn handle(store: &Arc<Store>, appended: Option<&Arc<Counter>>, request: Request) -> Handled {
     let request_id = request.request_id;
     let now = |body| {
         Handled::Now(Reply {
@@ -115,8 +144,12 @@ fn handle(store: &Arc<Store>, request: Request) -> Handled {
                 ReplyBody::DeleteMessageStream,
             )
         }
-        RequestBody::AppendMessage { name, payload } => match store.append_now(&name, payload) {
-            Ok(Appending::Done(appended)) if appended.flush => {
+        RequestBody::AppendMessage { name, payload } => match (
+            payload.len(),
+            appended.cloned(),
+            store.append_now(&name, payload),
+        ) {
+            (bytes, counter, Ok(Appending::Done(appended))) if appended.flush => {
                 // flushOnWrite: acknowledged once synced; the sync is shared
                 // with every append waiting at the same time.
                 let store = Arc::clone(store);
@@ -128,16 +161,21 @@ fn handle(store: &Arc<Store>, request: Request) -> Handled {
                     };
                     Reply {
                         request_id,
-                        body: ReplyBody::AppendMessage(answer(durable.await.map(|()| seq))),
+                        body: ReplyBody::AppendMessage(acknowledge(
+                            durable.await.map(|()| seq),
+                            bytes,
+                            counter,
+                        )),
                     }
                 }))
             }
-            Ok(Appending::Done(appended)) => {
+            (bytes, counter, Ok(Appending::Done(appended))) => {
                 // Acknowledged once written with the rest of the batch.
                 let store = Arc::clone(store);
                 Handled::AtBatchEnd(Box::new(move || {
                     let seq = appended.sequence_number;
-                    let result = answer(store.confirm(&name, appended.ticket).map(|()| seq));
+                    let result = store.confirm(&name, appended.ticket).map(|()| seq);
+                    let result = acknowledge(result, bytes, counter);
                     Reply {
                         request_id,
                         body: ReplyBody::AppendMessage(result),
@@ -148,7 +186,7 @@ fn handle(store: &Arc<Store>, request: Request) -> Handled {
             // segment not ready, a removal not yet durable): on the blocking
             // pool, and in order, so the connection's appends keep their
             // order; other connections go on meanwhile.
-            Ok(Appending::NeedsDisk(append)) => {
+            (bytes, counter, Ok(Appending::NeedsDisk(append))) => {
                 let store = Arc::clone(store);
                 Handled::InOrder(Box::pin(async move {
                     let result = async {
@@ -161,11 +199,11 @@ fn handle(store: &Arc<Store>, request: Request) -> Handled {
                     };
                     Reply {
                         request_id,
-                        body: ReplyBody::AppendMessage(answer(result.await)),
+                        body: ReplyBody::AppendMessage(acknowledge(result.await, bytes, counter)),
                     }
                 }))
             }
-            Err(e) => now(ReplyBody::AppendMessage(Err(failure(&e)))),
+            (_, _, Err(e)) => now(ReplyBody::AppendMessage(Err(failure(&e)))),
         },
         RequestBody::ListStreams => now(ReplyBody::ListStreams(Ok(store.list()))),
         RequestBody::DescribeMessageStream { name } => now(ReplyBody::DescribeMessageStream(
