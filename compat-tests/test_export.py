@@ -234,6 +234,15 @@ class Ctx:
         self.stage = name
         self.weirs, self.servers, self.clients = [], [], []
 
+    def proxied_kinesis(self, ks, name):
+        """Kinesis stream `ks` on kinesalite, a fault proxy in front of it, and a weir
+        exporting through the proxy: the setting of most fault cases."""
+        lite = self.clouds["kinesalite"]
+        kin = lite.kinesis()
+        kin.create_stream(ks)
+        proxy = self.proxy(lite)
+        return kin, proxy, self.weir(name, weir_env(proxy.endpoint))
+
     def weir(self, name, env):
         # The harness starts weir with exports off; these cases are about them.
         w = Weir(f"export-{name}", env=dict({"WEIR_EXPORTS_ENABLED": "true"}, **(env or {})))
@@ -367,11 +376,7 @@ def case_gg110(ctx):
 
 def case_faults(ctx):
     ks = "fault-ks"
-    lite = ctx.clouds["kinesalite"]
-    kin = lite.kinesis()
-    kin.create_stream(ks)
-    proxy = ctx.proxy(lite)
-    w = ctx.weir("faults", weir_env(proxy.endpoint))
+    kin, proxy, w = ctx.proxied_kinesis(ks, "faults")
     ctx.stage = "export faults-lose-nothing"
     phases = [
         ("throttle", lambda: proxy.throttle("PutRecords")),
@@ -458,11 +463,7 @@ def case_faults(ctx):
 
 def case_crash(ctx):
     ks = "crash-ks"
-    lite = ctx.clouds["kinesalite"]
-    kin = lite.kinesis()
-    kin.create_stream(ks)
-    proxy = ctx.proxy(lite)
-    w = ctx.weir("crash", weir_env(proxy.endpoint))
+    kin, proxy, w = ctx.proxied_kinesis(ks, "crash")
     ctx.stage = "export sigkill-mid-export"
     payloads = [f"crash-{i:02d}".encode() for i in range(15)]
     proxy.pause()
@@ -873,11 +874,7 @@ def case_bandwidth(ctx):
 
 def case_sigterm_in_flight(ctx):
     ks = "term-ks"
-    lite = ctx.clouds["kinesalite"]
-    kin = lite.kinesis()
-    kin.create_stream(ks)
-    proxy = ctx.proxy(lite)
-    w = ctx.weir("sigterm", weir_env(proxy.endpoint))
+    kin, proxy, w = ctx.proxied_kinesis(ks, "sigterm")
     ctx.stage = "export sigterm-with-request-in-flight"
     payloads = [f"term-{i:02d}".encode() for i in range(10)]
     proxy.pause()
@@ -1191,11 +1188,7 @@ def case_stream_lifecycle(ctx):
 
 def case_delete_in_flight(ctx):
     ks = "delete-ks"
-    lite = ctx.clouds["kinesalite"]
-    kin = lite.kinesis()
-    kin.create_stream(ks)
-    proxy = ctx.proxy(lite)
-    w = ctx.weir("delete", weir_env(proxy.endpoint))
+    kin, proxy, w = ctx.proxied_kinesis(ks, "delete")
     ctx.stage = "export stream-deleted-in-flight-then-recreated"
     old = [f"old-{i}".encode() for i in range(3)]
     new = [f"new-{i}".encode() for i in range(4)]

@@ -8,6 +8,30 @@ use crate::auth::ipc::scripted::{settings, CapturedLogs, Flavour, ScriptedNucleu
 
 const MINUTE: Duration = Duration::from_secs(60);
 
+/// The telemetry loop reporting to the nucleus socket at `path` every
+/// minute, its counters, and how to stop it.
+struct Reporting {
+    telemetry: Arc<Telemetry>,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+fn start_reporting(path: &std::path::Path) -> Reporting {
+    let telemetry = Arc::new(Telemetry::default());
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(report(
+        IpcClient::start(settings(path)),
+        Arc::clone(&telemetry),
+        MINUTE,
+        shutdown.clone(),
+    ));
+    Reporting {
+        telemetry,
+        shutdown,
+        task,
+    }
+}
+
 /// The three values of a `PutComponentMetric` payload, by name.
 fn values(seen: &Seen) -> (u64, u64, u64) {
     assert_eq!(seen.operation, PUT_COMPONENT_METRIC);
@@ -34,15 +58,12 @@ async fn deltas_go_every_interval_and_nothing_goes_when_nothing_changed() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("ipc.socket");
     let (nucleus, mut seen) = ScriptedNucleus::start(&path, Flavour::Classic);
-    let telemetry = Arc::new(Telemetry::default());
-    let shutdown = CancellationToken::new();
     let start = Instant::now();
-    let task = tokio::spawn(report(
-        IpcClient::start(settings(&path)),
-        Arc::clone(&telemetry),
-        MINUTE,
-        shutdown.clone(),
-    ));
+    let Reporting {
+        telemetry,
+        shutdown,
+        task,
+    } = start_reporting(&path);
     telemetry.bytes_appended.add(100);
     telemetry.bytes_uploaded_to_kinesis.add(10);
     telemetry.bytes_uploaded_to_iot_analytics.add(3);
@@ -72,15 +93,12 @@ async fn deltas_go_every_interval_and_nothing_goes_when_nothing_changed() {
 async fn bytes_of_a_send_the_nucleus_missed_go_with_the_next() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("ipc.socket");
-    let telemetry = Arc::new(Telemetry::default());
-    let shutdown = CancellationToken::new();
     let start = Instant::now();
-    let task = tokio::spawn(report(
-        IpcClient::start(settings(&path)),
-        Arc::clone(&telemetry),
-        MINUTE,
-        shutdown.clone(),
-    ));
+    let Reporting {
+        telemetry,
+        shutdown,
+        task,
+    } = start_reporting(&path);
     telemetry.bytes_appended.add(40);
     // Nobody listens at the first interval's end.
     tokio::time::sleep(MINUTE + MINUTE / 2).await;
@@ -99,13 +117,9 @@ async fn a_nucleus_without_put_component_metric_stops_telemetry_after_one_log_li
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("ipc.socket");
     let (_nucleus, mut seen) = ScriptedNucleus::start(&path, Flavour::Lite);
-    let telemetry = Arc::new(Telemetry::default());
-    let task = tokio::spawn(report(
-        IpcClient::start(settings(&path)),
-        Arc::clone(&telemetry),
-        MINUTE,
-        CancellationToken::new(),
-    ));
+    let Reporting {
+        telemetry, task, ..
+    } = start_reporting(&path);
     telemetry.bytes_appended.add(5);
     values(&seen.recv().await.unwrap());
     // The loop ends on the refusal (no shutdown asked): ten intervals
