@@ -90,8 +90,11 @@
 //!   batch advances, sent as `PutComponentMetric` deltas every
 //!   `WEIR_TELEMETRY_INTERVAL_MS`; one log line and no more tries from a
 //!   nucleus that refuses them, as lite does).
-//! * [`config`]: the Java server's environment variables. [`clock`]: wall
-//!   time, passed in. [`daemon`]: lifecycle.
+//! * [`config`]: every setting, named after the Java server's environment
+//!   variables, from flags, the environment and an optional TOML file (in
+//!   that order), listed once in [`config::SETTINGS`]. [`clock`]: wall
+//!   time, passed in. [`daemon`]: lifecycle. `packaging/`: the Greengrass
+//!   v2 component, the Greengrass v1 wrapper and the Debian package.
 //! * [`mod@bench`]: `weir bench`, a native load generator, and a server that
 //!   stores nothing, the baseline for client-side benchmarks.
 //! * `fuzzing` (feature `test-util`): the fuzz targets' logic, run by
