@@ -36,8 +36,7 @@ impl ScriptedNucleus {
         path: &Path,
         flavour: Flavour,
     ) -> (ScriptedNucleus, mpsc::UnboundedReceiver<Seen>) {
-        let _ = std::fs::remove_file(path);
-        let listener = UnixListener::bind(path).unwrap();
+        let listener = listen(path);
         let (seen, requests) = mpsc::unbounded_channel();
         let task = tokio::spawn(async move {
             while let Ok((socket, _)) = listener.accept().await {
@@ -54,28 +53,53 @@ impl Drop for ScriptedNucleus {
     }
 }
 
+/// The SVCUID the scripted nuclei accept (the one [`settings`] presents).
+pub const SVCUID: &str = "WEIRSVCUID000000";
+
 /// Settings of a client of the nucleus on `path`.
 pub fn settings(path: &Path) -> IpcSettings {
     IpcSettings {
         socket: path.to_owned(),
-        svcuid: "WEIRSVCUID000000".into(),
+        svcuid: SVCUID.into(),
         timeout: VALIDATION_TIMEOUT,
+    }
+}
+
+/// A listener on `path`, for a scripted nucleus (one restarted on the same
+/// path replaces the socket file its predecessor left).
+pub fn listen(path: &Path) -> UnixListener {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => panic!("cannot remove the old socket {}: {e}", path.display()),
+    }
+    UnixListener::bind(path).unwrap()
+}
+
+/// `message` as bytes on the wire.
+pub fn frame(message: &Message) -> BytesMut {
+    let mut out = BytesMut::new();
+    encode(message, &mut out).unwrap();
+    out
+}
+
+/// The next whole message from `socket` (bytes after it stay in `buf`);
+/// `None` once the peer is gone.
+pub async fn next_message(socket: &mut UnixStream, buf: &mut BytesMut) -> Option<Message> {
+    loop {
+        if let Some(message) = decode(buf).unwrap() {
+            return Some(message);
+        }
+        if socket.read_buf(buf).await.ok()? == 0 {
+            return None;
+        }
     }
 }
 
 async fn serve(mut socket: UnixStream, flavour: Flavour, seen: mpsc::UnboundedSender<Seen>) {
     let mut buf = BytesMut::new();
     let mut first = true;
-    loop {
-        let message = loop {
-            if let Some(message) = decode(&mut buf).unwrap() {
-                break message;
-            }
-            match socket.read_buf(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
-        };
+    while let Some(message) = next_message(&mut socket, &mut buf).await {
         let (kind, flags, stream) = rpc_headers(&message).unwrap();
         if first {
             assert_eq!(kind, kind::CONNECT);
@@ -155,10 +179,8 @@ async fn serve(mut socket: UnixStream, flavour: Flavour, seen: mpsc::UnboundedSe
 }
 
 async fn write(socket: &mut UnixStream, message: &Message) {
-    let mut frame = BytesMut::new();
-    encode(message, &mut frame).unwrap();
     // The peer may be gone (weir stopping): nothing to answer then.
-    let _gone = socket.write_all(&frame).await;
+    let _gone = socket.write_all(&frame(message)).await;
 }
 
 /// Log lines of the current thread (a current-thread runtime's tasks).

@@ -2,22 +2,16 @@
 //! nuclei, malformed input, and the client against a scripted nucleus on a
 //! Unix socket (multiplexing, lite replies, no answer, garbage, a restart).
 
+use super::scripted::{frame, listen, next_message, settings, SVCUID};
 use super::*;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use tokio::net::UnixListener;
 
 fn hex(text: &str) -> Vec<u8> {
     text.split_whitespace()
         .map(|b| u8::from_str_radix(b, 16).unwrap())
         .collect()
-}
-
-fn frame(message: &Message) -> BytesMut {
-    let mut out = BytesMut::new();
-    encode(message, &mut out).unwrap();
-    out
 }
 
 #[test]
@@ -222,8 +216,6 @@ enum Script {
     RejectConnect,
 }
 
-const SVCUID: &str = "WEIRSVCUID000000";
-
 struct Nucleus {
     connections: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
@@ -231,8 +223,7 @@ struct Nucleus {
 
 impl Nucleus {
     fn start(path: &Path, script: Script) -> Nucleus {
-        let _ = std::fs::remove_file(path);
-        let listener = UnixListener::bind(path).unwrap();
+        let listener = listen(path);
         let connections = Arc::new(AtomicUsize::new(0));
         let count = Arc::clone(&connections);
         let task = tokio::spawn(async move {
@@ -254,15 +245,7 @@ impl Nucleus {
 
 async fn serve_scripted(mut socket: UnixStream, script: Script) {
     let mut buf = BytesMut::new();
-    let next = async |socket: &mut UnixStream, buf: &mut BytesMut| loop {
-        if let Some(message) = decode(buf).unwrap() {
-            return Some(message);
-        }
-        if socket.read_buf(buf).await.ok()? == 0 {
-            return None;
-        }
-    };
-    let Some(connect) = next(&mut socket, &mut buf).await else {
+    let Some(connect) = next_message(&mut socket, &mut buf).await else {
         return;
     };
     assert_eq!(rpc_headers(&connect).unwrap(), (kind::CONNECT, 0, 0));
@@ -276,7 +259,7 @@ async fn serve_scripted(mut socket: UnixStream, script: Script) {
     if !accepted {
         return;
     }
-    while let Some(request) = next(&mut socket, &mut buf).await {
+    while let Some(request) = next_message(&mut socket, &mut buf).await {
         let (_, _, stream) = rpc_headers(&request).unwrap();
         assert_eq!(string_header(&request, "operation"), Some(OPERATION));
         let Some(Value::Str(token)) = json::object_fields(request.payload())
@@ -316,7 +299,7 @@ async fn serve_scripted(mut socket: UnixStream, script: Script) {
                     "probe",
                 );
                 socket.write_all(&frame(&ping)).await.unwrap();
-                let pong = next(&mut socket, &mut buf).await.unwrap();
+                let pong = next_message(&mut socket, &mut buf).await.unwrap();
                 assert_eq!(rpc_headers(&pong).unwrap(), (kind::PING_RESPONSE, 0, 0));
                 assert_eq!(header(&pong, "x-probe"), Some(&HeaderValue::Int32(7)));
                 assert_eq!(&pong.payload()[..], b"probe");
@@ -347,9 +330,8 @@ async fn serve_scripted(mut socket: UnixStream, script: Script) {
 
 fn validator(path: &Path, timeout: Duration) -> IpcValidator {
     IpcValidator::start(IpcSettings {
-        socket: path.to_owned(),
-        svcuid: SVCUID.into(),
         timeout,
+        ..settings(path)
     })
 }
 
