@@ -48,6 +48,34 @@ impl SharedSdkConfig {
     }
 }
 
+/// A service client made from the shared configuration at its first use
+/// (so the configuration itself loads only when an export first sends).
+pub struct LazyClient<C> {
+    config: std::sync::Arc<SharedSdkConfig>,
+    client: tokio::sync::OnceCell<C>,
+    make: fn(&aws_config::SdkConfig) -> C,
+}
+
+impl<C> LazyClient<C> {
+    /// `make`: the SDK's `Client::new`.
+    pub fn new(
+        config: std::sync::Arc<SharedSdkConfig>,
+        make: fn(&aws_config::SdkConfig) -> C,
+    ) -> Self {
+        LazyClient {
+            config,
+            client: tokio::sync::OnceCell::new(),
+            make,
+        }
+    }
+
+    pub async fn get(&self) -> &C {
+        self.client
+            .get_or_init(|| async { (self.make)(self.config.get().await) })
+            .await
+    }
+}
+
 /// The configuration every exporter's client is made from.
 pub async fn load_sdk_config() -> aws_config::SdkConfig {
     let http_client = Builder::new().build_with_connector_fn(|settings, components| {

@@ -9,13 +9,12 @@
 //! with `WEIR_IOT_ANALYTICS_TO_KINESIS` the manager sends the channel's
 //! messages to a Kinesis stream instead ([`super::manager`]).
 
-use super::aws::{classify, SharedSdkConfig};
+use super::aws::{classify, LazyClient, SharedSdkConfig};
 use super::destination::{Destination, Record, SendError, SendLimits, Sent};
 use aws_sdk_iotanalytics::primitives::Blob;
 use aws_sdk_iotanalytics::types::Message;
 use futures_util::future::BoxFuture;
 use std::sync::Arc;
-use tokio::sync::OnceCell;
 
 pub const MAX_MESSAGES: usize = 100;
 /// A request's body limit is not published; the service's documented
@@ -35,9 +34,8 @@ const TRANSIENT: &[&str] = &[
 const RETIRED: &str = "AWS retired IoT Analytics on 2025-12-15: point AWS_ENDPOINT_URL_IOTANALYTICS at a service that answers, or set WEIR_IOT_ANALYTICS_TO_KINESIS to send this channel's messages to a Kinesis stream";
 
 pub struct IotAnalyticsDestination {
-    config: Arc<SharedSdkConfig>,
     /// Made on the first send.
-    client: OnceCell<aws_sdk_iotanalytics::Client>,
+    client: LazyClient<aws_sdk_iotanalytics::Client>,
     channel: String,
     message_id_prefix: String,
 }
@@ -45,17 +43,10 @@ pub struct IotAnalyticsDestination {
 impl IotAnalyticsDestination {
     pub fn new(config: Arc<SharedSdkConfig>, channel: &str, prefix: Option<&str>) -> Self {
         IotAnalyticsDestination {
-            config,
-            client: OnceCell::new(),
+            client: LazyClient::new(config, aws_sdk_iotanalytics::Client::new),
             channel: channel.to_owned(),
             message_id_prefix: prefix.unwrap_or("").to_owned(),
         }
-    }
-
-    async fn client(&self) -> &aws_sdk_iotanalytics::Client {
-        self.client
-            .get_or_init(|| async { aws_sdk_iotanalytics::Client::new(self.config.get().await) })
-            .await
     }
 
     fn message_id(&self, record: &Record) -> String {
@@ -97,7 +88,8 @@ impl Destination for IotAnalyticsDestination {
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             let output = self
-                .client()
+                .client
+                .get()
                 .await
                 .batch_put_message()
                 .channel_name(&self.channel)

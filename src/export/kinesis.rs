@@ -15,13 +15,12 @@
 //! `InternalFailure`, KMS trouble on an encrypted stream) are all sent
 //! again: none of them says the record itself is bad.
 
-use super::aws::{classify, SharedSdkConfig};
+use super::aws::{classify, LazyClient, SharedSdkConfig};
 use super::destination::{Destination, Record, SendError, SendLimits, Sent};
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::PutRecordsRequestEntry;
 use futures_util::future::BoxFuture;
 use std::sync::Arc;
-use tokio::sync::OnceCell;
 
 pub const MAX_RECORDS: usize = 500;
 pub const MAX_REQUEST_BYTES: usize = 5 << 20;
@@ -46,25 +45,17 @@ const TRANSIENT: &[&str] = &[
 ];
 
 pub struct KinesisDestination {
-    config: Arc<SharedSdkConfig>,
     /// Made on the first send.
-    client: OnceCell<aws_sdk_kinesis::Client>,
+    client: LazyClient<aws_sdk_kinesis::Client>,
     stream_name: String,
 }
 
 impl KinesisDestination {
     pub fn new(config: Arc<SharedSdkConfig>, stream_name: &str) -> Self {
         KinesisDestination {
-            config,
-            client: OnceCell::new(),
+            client: LazyClient::new(config, aws_sdk_kinesis::Client::new),
             stream_name: stream_name.to_owned(),
         }
-    }
-
-    async fn client(&self) -> &aws_sdk_kinesis::Client {
-        self.client
-            .get_or_init(|| async { aws_sdk_kinesis::Client::new(self.config.get().await) })
-            .await
     }
 }
 
@@ -115,7 +106,8 @@ impl Destination for KinesisDestination {
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             let output = self
-                .client()
+                .client
+                .get()
                 .await
                 .put_records()
                 .stream_name(&self.stream_name)
