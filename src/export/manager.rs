@@ -362,7 +362,7 @@ impl ExportManager {
             return;
         };
         let reader = Arc::new(reader);
-        let _ = tokio::task::spawn_blocking(move || {
+        let reported = tokio::task::spawn_blocking(move || {
             let Ok(progress) = reader.progress() else {
                 return;
             };
@@ -384,6 +384,11 @@ impl ExportManager {
             }
         })
         .await;
+        // Only a panic in the task ends up here: its save errors are logged
+        // inside it.
+        if let Err(e) = reported {
+            tracing::error!(stream, error = %e, "reporting exports weir cannot run failed");
+        }
     }
 }
 
