@@ -5,7 +5,8 @@
 #
 # Each round starts each binary in turn (port 0, auth off, a fresh store in
 # target/bench-compare/, WEIR_SYNC_INTERVAL_MS=1000), loads it with the NEW
-# binary's `weir bench load --addr` (the same client for both), and stops it
+# build's `weir-bench load --addr` (the `weir-bench` binary next to NEW_BIN,
+# or WEIR_BENCH_BIN; the same client for both), and stops it
 # by pid. Three loads per server: File 4x64 without flush, File 4x64 with
 # flushOnWrite, Memory 4x64. The binaries alternate within each round so
 # that machine noise falls on both. Prints every run and the medians as a
@@ -14,6 +15,8 @@ set -euo pipefail
 base="${1:?baseline binary}"
 new="${2:?new binary}"
 rounds="${3:-5}"
+bench="${WEIR_BENCH_BIN:-$(dirname "$new")/weir-bench}"
+[ -x "$bench" ] || { echo "compare: no load generator at $bench (cargo build --release builds it)" >&2; exit 1; }
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 work="$root/target/bench-compare"
 rm -rf "$work"
@@ -53,7 +56,7 @@ for round in $(seq 1 "$rounds"); do
         file-flush) args+=(--flush-on-write --messages 100000) ;;
         memory) args+=(--persistence memory --messages 200000) ;;
       esac
-      out="$("$new" bench load "${args[@]}" 2>&1)" || { echo "$out" >&2; exit 1; }
+      out="$("$bench" load "${args[@]}" 2>&1)" || { echo "$out" >&2; exit 1; }
       stop
       rate="$(sed -n 's/^append: \([0-9]*\) appends\/s.*/\1/p' <<<"$out")"
       p50="$(sed -n 's/.*p50 \([0-9]*\) us.*/\1/p' <<<"$out")"

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """RSS of weir binaries side by side: idle, with N idle connections, and after
 a large Memory stream is filled and deleted (the last part only when the
-binary's own `weir bench` can drive it; see memory_rss in this folder).
+build's own `weir-bench` can drive it; see memory_rss in this folder).
 
     benches/connections_rss.py BASELINE_BIN NEW_BIN [--connections 2000]
 

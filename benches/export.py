@@ -4,10 +4,12 @@ on loopback (installed by compat-tests/setup-clients.sh):
 
   python3 benches/export.py target/release/weir [--rounds 2]
 
-1. `weir bench export`: a backlog drained by weir's exporter next to the
+(`weir-bench`, next to the weir binary, drives it.)
+
+1. `weir-bench export`: a backlog drained by weir's exporter next to the
    same SDK calling PutRecords directly (the stand-in's ceiling), and the
    payload rate under STREAM_MANAGER_EXPORTER_MAX_BANDWIDTH next to the cap.
-2. `weir bench load` on a File stream with no exports and with five Kinesis
+2. `weir-bench load` on a File stream with no exports and with five Kinesis
    exports running, alternating, `--rounds` each: appends/s, p50, p99.
 3. RSS of an idle weir with a stream of five exports next to one with a
    stream of none, and the size of the stripped binary.
@@ -39,6 +41,11 @@ def env_for(kinesis):
     return env
 
 
+def bench_of(weir):
+    """The weir-bench binary of the same build as `weir`."""
+    return os.path.join(os.path.dirname(weir), "weir-bench")
+
+
 def run(cmd, env):
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     if out.returncode != 0:
@@ -59,7 +66,7 @@ def idle_rss(weir, env, exports):
             if m:
                 addr = m.group(1)
                 break
-        run([weir, "bench", "load", "--addr", addr, "--connections", "1", "--messages", "10",
+        run([bench_of(weir), "load", "--addr", addr, "--connections", "1", "--messages", "10",
              "--exports", str(exports), "--kinesis-stream", "weir-bench-idle"], env)
         # Drain stderr meanwhile so weir never blocks on it.
         import threading
@@ -83,13 +90,13 @@ def main():
         kc.create_stream("weir-bench")
         kc.create_stream("weir-bench-idle")
         env = env_for(kinesis)
-        print("== export throughput and bandwidth (weir bench export)")
-        print(run([weir, "bench", "export", "--records", "20000", "--max-bandwidth-kbps", "800",
+        print("== export throughput and bandwidth (weir-bench export)")
+        print(run([bench_of(weir), "export", "--records", "20000", "--max-bandwidth-kbps", "800",
                    "--capped-records", "15000"], env), end="")
-        print("== appends with exports off and with five Kinesis exports (weir bench load, File)")
+        print("== appends with exports off and with five Kinesis exports (weir-bench load, File)")
         for r in range(args.rounds):
             for exports in (0, 5):
-                out = run([weir, "bench", "load", "--messages", str(args.messages),
+                out = run([bench_of(weir), "load", "--messages", str(args.messages),
                            "--exports", str(exports), "--kinesis-stream", "weir-bench"], env)
                 line = next((l for l in out.splitlines() if "appends/s" in l), out.strip())
                 print(f"round {r + 1} exports={exports}: {line}")

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # RSS of a Memory stream, today's code (a baseline revision) and this tree
 # side by side in one run: idle, after filling a 256 MiB Memory stream of
-# 100-byte messages with `weir bench load` (then read back), and after
+# 100-byte messages with `weir-bench load` (then read back), and after
 # deleting it; the fill and delete are repeated (CYCLES) because glibc's
 # malloc behaves differently once it has freed a large block.
 #
@@ -19,7 +19,7 @@
 #   CYCLES         fill + delete rounds (2)
 #   BENCH_DIR      work folder (target/bench-memory)
 #
-# Both servers are loaded by this tree's `weir bench load`, so only the
+# Both servers are loaded by this tree's `weir-bench load`, so only the
 # server differs. The table is also left in $BENCH_DIR/results.md.
 set -euo pipefail
 
@@ -66,7 +66,7 @@ echo "memory.sh: $MESSAGES x $PAYLOAD B per fill, $CYCLES cycles" >&2
 for which in baseline current; do
     if [ $which = baseline ]; then bin=$BASELINE_BIN; else bin=$WEIR_BIN; fi
     rm -rf "$BENCH_DIR/$which"
-    python3 "$here/memory_helper.py" run "$bin" "$WEIR_BIN" "$BENCH_DIR/$which" \
+    python3 "$here/memory_helper.py" run "$bin" "$(dirname "$WEIR_BIN")/weir-bench" "$BENCH_DIR/$which" \
         "$MESSAGES" "$PAYLOAD" "$CYCLES" >"$BENCH_DIR/$which.txt"
     rm -rf "$BENCH_DIR/$which/store"
 done

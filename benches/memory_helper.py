@@ -7,7 +7,7 @@ for the baseline and the current build, then prints them side by side).
 
 `run` starts WEIR_BIN (port 0, auth off, its own store folder), reads its
 VmRSS idle, then CYCLES times: fills the stream `weir-bench` with `BENCH_BIN
-bench load` (MESSAGES appends of PAYLOAD bytes on 4 connections, read back),
+load` (a weir-bench binary) (MESSAGES appends of PAYLOAD bytes on 4 connections, read back),
 asks weir for the stream's totalBytes, reads VmRSS, deletes the stream, and
 reads VmRSS again. It stops weir by its pid. The delete and describe go over
 the real protocol with a minimal stdlib client below.
@@ -156,11 +156,11 @@ def run(weir: str, bench: str, workdir: str, messages: str, payload: str, cycles
         client = Client(addr)
         for cycle in range(1, int(cycles) + 1):
             load = subprocess.run(
-                [bench, "bench", "load", "--addr", addr, "--persistence", "memory",
+                [bench, "load", "--addr", addr, "--persistence", "memory",
                  "--messages", messages, "--payload", payload, "--connections", "4"],
                 capture_output=True, text=True, check=False)
             if load.returncode != 0:
-                sys.exit(f"weir bench load failed: {load.stderr.strip()}")
+                sys.exit(f"weir-bench load failed: {load.stderr.strip()}")
             info = client.call(13, {"requestId": f"d{cycle}", "name": STREAM})
             if info.get("status") != 0:
                 sys.exit(f"describe failed: {info}")

@@ -9,6 +9,7 @@
 #
 # Sizes and knobs (environment):
 #   WEIR_BIN          weir binary (default: cargo build --release, target/release/weir)
+#   WEIR_BENCH_BIN    weir-bench binary (default: the one next to WEIR_BIN)
 #   BENCH_DIR         work folder for weir's store, redis's AOF and dd's file
 #                     (default target/bench-storage; must be the real disk, not tmpfs)
 #   CONNECTIONS, IN_FLIGHT   many-in-flight appends (default 50 x 16)
@@ -23,7 +24,7 @@
 #   COLD_CACHE        1: also time start-ups after dropping the page cache
 #                     (default 1 when /proc/sys/vm/drop_caches is writable)
 #   REPEATS           runs of each flushOnWrite / appendfsync always pair, median kept (3)
-#   SKIP_NULL         1: skip the client-ceiling run against `weir bench null-server`
+#   SKIP_NULL         1: skip the client-ceiling run against `weir-bench null-server`
 #   REDIS_EXTRA       more redis-server options, e.g. "--auto-aof-rewrite-percentage 0"
 #                     (by default Redis rewrites its AOF in the background once it
 #                     passes 64 MB, as it does in production; the 1 M run triggers it)
@@ -78,6 +79,8 @@ if [[ -z ${WEIR_BIN:-} ]]; then
     (cd "$repo" && cargo build --release --quiet)
     WEIR_BIN=$repo/target/release/weir
 fi
+# the load generator and the null server: the weir-bench binary of the same build
+WEIR_BENCH_BIN=${WEIR_BENCH_BIN:-$(dirname "$WEIR_BIN")/weir-bench}
 
 rm -rf "$BENCH_DIR"
 mkdir -p "$BENCH_DIR"
@@ -157,7 +160,7 @@ start_redis() { # name appendfsync
     exit 1
 }
 
-# weir bench load; prints its output, sets append_rate, read_rate, and
+# weir-bench load; prints its output, sets append_rate, read_rate, and
 # client_cpu_us / server_cpu_us: CPU microseconds per append of the load
 # generator and of the server (server_cpu_file) during the append phase. The
 # append phase is taken as (appends / append_rate) seconds from the start,
@@ -172,7 +175,7 @@ weir_load() { # connections in-flight messages payload [extra args...]
     local out=$BENCH_DIR/load.out cpu=$BENCH_DIR/load.cpu t0 t1 total cpid spid
     total=$(($3 / $1 * $1))
     t0=$("${helper[@]}" now)
-    "$WEIR_BIN" bench load --addr "$weir_addr" --connections "$1" --in-flight "$2" \
+    "$WEIR_BENCH_BIN" load --addr "$weir_addr" --connections "$1" --in-flight "$2" \
         --messages "$3" --payload "$4" "${@:5}" >"$out" &
     cpid=$!
     "${helper[@]}" cpu-sample "$cpid" "$cpu" &
@@ -215,8 +218,8 @@ concurrency="c${CONNECTIONS}×${IN_FLIGHT}"
 
 # --- (0) client ceiling: the load generator against a server that stores nothing
 if [[ $SKIP_NULL != 1 ]]; then
-    log "client ceiling: weir bench load against weir bench null-server"
-    "$WEIR_BIN" bench null-server 2>"$BENCH_DIR/null.log" &
+    log "client ceiling: weir-bench load against weir-bench null-server"
+    "$WEIR_BENCH_BIN" null-server 2>"$BENCH_DIR/null.log" &
     null_pid=$!
     pids+=("$null_pid")
     for _ in $(seq 200); do
@@ -273,7 +276,7 @@ if [[ -n ${null_cpu:-} ]]; then
 fi
 row 1a-sys "server read+write syscalls per append, row 1a" "$weir_everysec_calls" "" \
     "redis-server, XADD everysec" "$redis_everysec_calls" ""
-row 1a-client "client CPU µs per append, row 1a: weir bench load (lower is better)" "$weir_client_cpu" "µs" \
+row 1a-client "client CPU µs per append, row 1a: weir-bench load (lower is better)" "$weir_client_cpu" "µs" \
     "redis-benchmark" "$redis_client_cpu" ""
 
 # --- (1b) flushOnWrite vs appendfsync always -----------------------------------

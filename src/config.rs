@@ -717,9 +717,83 @@ fn server_limits(
     Ok(limits)
 }
 
+/// The log filter: `RUST_LOG`'s directives when it is set and understood,
+/// else [`Config::log_level`] for every target. The second value says why a
+/// set `RUST_LOG` was not used, for the log once it is running.
+///
+/// `RUST_LOG` takes a default level and per-target levels, `target=level`,
+/// separated by commas (`warn,weir::export=debug`): the form the README
+/// shows and the one operators use. It is read as a
+/// [`Targets`](tracing_subscriber::filter::Targets) filter, not an
+/// `EnvFilter`: the span and field filters that `EnvFilter` adds need a
+/// regular-expression engine, about 0.4 MB of the binary (BENCHMARKS.md
+/// section 6), and such a `RUST_LOG` is reported here rather than half
+/// applied.
+pub fn log_filter(
+    rust_log: Option<&str>,
+    log_level: &str,
+) -> (tracing_subscriber::filter::Targets, Option<String>) {
+    use tracing_subscriber::filter::{LevelFilter, Targets};
+    let level = log_level
+        .parse::<LevelFilter>()
+        .unwrap_or(LevelFilter::INFO);
+    let from_level = Targets::new().with_default(level);
+    match rust_log.map(str::trim).filter(|s| !s.is_empty()) {
+        None => (from_level, None),
+        Some(directives) => match directives.parse::<Targets>() {
+            Ok(targets) => (targets, None),
+            Err(e) => (
+                from_level,
+                Some(format!(
+                    "RUST_LOG={directives:?} is not understood ({e}); it takes \
+                     `level` and `target=level` separated by commas. Logging at \
+                     LOG_LEVEL {log_level}"
+                )),
+            ),
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rust_log_directives_win_over_log_level() {
+        use tracing::Level;
+        let (filter, warning) = log_filter(Some("warn,weir::daemon=info"), "DEBUG");
+        assert_eq!(warning, None);
+        assert!(filter.would_enable("weir::daemon", &Level::INFO));
+        assert!(filter.would_enable("weir::daemon::ready", &Level::INFO));
+        assert!(!filter.would_enable("weir::store", &Level::INFO));
+        assert!(filter.would_enable("weir::store", &Level::WARN));
+        assert!(
+            !filter.would_enable("weir::store", &Level::DEBUG),
+            "LOG_LEVEL lost to RUST_LOG"
+        );
+    }
+
+    #[test]
+    fn log_level_applies_without_rust_log_or_when_rust_log_is_not_understood() {
+        use tracing::Level;
+        for rust_log in [None, Some(""), Some("  ")] {
+            let (filter, warning) = log_filter(rust_log, "ERROR");
+            assert_eq!(warning, None);
+            assert!(filter.would_enable("weir::store", &Level::ERROR));
+            assert!(!filter.would_enable("weir::store", &Level::WARN));
+        }
+        // a level that is not one, and EnvFilter's span syntax
+        for rust_log in ["weir=loud", "[conn{peer=1}]=debug"] {
+            let (filter, warning) = log_filter(Some(rust_log), "DEBUG");
+            let warning = warning.unwrap_or_else(|| panic!("{rust_log} was taken"));
+            assert!(
+                warning.contains("RUST_LOG") && warning.contains("DEBUG"),
+                "{warning}"
+            );
+            assert!(filter.would_enable("weir::store", &Level::DEBUG));
+            assert!(!filter.would_enable("weir::store", &Level::TRACE));
+        }
+    }
     use std::collections::HashMap;
 
     fn config(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {

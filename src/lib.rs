@@ -95,8 +95,9 @@
 //!   that order), listed once in [`config::SETTINGS`]. [`clock`]: wall
 //!   time, passed in. [`daemon`]: lifecycle. `packaging/`: the Greengrass
 //!   v2 component, the Greengrass v1 wrapper and the Debian package.
-//! * [`mod@bench`]: `weir bench`, a native load generator, and a server that
-//!   stores nothing, the baseline for client-side benchmarks.
+//! * [`mod@bench`]: the `weir-bench` binary: a native load generator, export
+//!   throughput, and a server that stores nothing, the baseline for
+//!   client-side benchmarks.
 //! * `fuzzing` (feature `test-util`): the fuzz targets' logic, run by
 //!   `fuzz/` (cargo-fuzz) and, over the committed corpus, by
 //!   `tests/fuzz_smoke.rs` in CI.

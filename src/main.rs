@@ -1,6 +1,7 @@
 //! The `weir` binary: the command line (clap), then the configuration
 //! ([`weir::config::Config::load`]), logging, signals and
-//! [`weir::daemon::run`]; or `weir config`, or `weir bench ...`.
+//! [`weir::daemon::run`]; or `weir config`. The benchmarks are the
+//! `weir-bench` binary (`src/bin/weir-bench.rs`).
 
 use clap::Parser;
 use std::path::PathBuf;
@@ -76,10 +77,6 @@ impl SettingFlags {
         }
     }
 
-    fn is_set(&self) -> bool {
-        self.config.is_some() || !self.pairs().is_empty()
-    }
-
     /// The flags as key/value pairs, later ones winning.
     fn pairs(&self) -> Vec<(String, String)> {
         let mut pairs = self.set.clone();
@@ -113,10 +110,6 @@ enum Command {
     /// (default, file, environment, command line), then exit; opens no
     /// store and binds nothing.
     Config(SettingFlags),
-    /// Benchmarks: a native load generator, and a server that stores nothing
-    /// (the setting flags do not apply).
-    #[command(subcommand)]
-    Bench(weir::bench::BenchCommand),
 }
 
 fn main() -> std::process::ExitCode {
@@ -125,13 +118,6 @@ fn main() -> std::process::ExitCode {
     match cli.command.unwrap_or_default() {
         Command::Serve(flags) => serve(&top.then(flags)),
         Command::Config(flags) => print_config(&top.then(flags)),
-        Command::Bench(cmd) => {
-            if top.is_set() {
-                eprintln!("weir: the setting flags do not apply to `weir bench`");
-                return std::process::ExitCode::from(2);
-            }
-            weir::bench::main(cmd)
-        }
     }
 }
 
@@ -198,19 +184,30 @@ fn serve(flags: &SettingFlags) -> std::process::ExitCode {
     code
 }
 
+/// Logging to stderr; `RUST_LOG` wins over LOG_LEVEL (see
+/// [`weir::config::log_filter`]).
 fn init_logging(level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level.to_ascii_lowercase()));
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let (filter, warning) =
+        weir::config::log_filter(std::env::var("RUST_LOG").ok().as_deref(), level);
     // A closed or full stderr must not take weir down: the subscriber would
     // report its own write errors on stderr, which panics when stderr is
     // gone, so it is told not to.
     tracing_subscriber::fmt()
-        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         // Colours only on a terminal: Greengrass writes stderr to a log file.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .log_internal_errors(false)
+        .finish()
+        // The filter wraps the whole subscriber (as `with_env_filter` did),
+        // so a disabled event's call site is switched off once and costs
+        // one atomic load thereafter.
+        .with(filter)
         .init();
+    if let Some(warning) = warning {
+        tracing::warn!("{warning}");
+    }
 }
 
 type Signals = Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>;

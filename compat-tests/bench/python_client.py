@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Benchmark: the real Python client (greengrasssdk 1.5.0, Python 3.7) against
-weir and against `weir bench null-server` (same networking code, stores
+weir and against `weir-bench null-server` (same networking code, stores
 nothing), alternating in one run so both see the same machine state.
 
     compat-tests/bench/python_client.py [--rounds 5] [--appends 5000]
@@ -42,7 +42,7 @@ def run_round(kind, binary, client_python, appends):
     with tempfile.TemporaryDirectory() as store:
         env = dict(os.environ, STREAM_MANAGER_SERVER_PORT="0", STREAM_MANAGER_STORE_ROOT_DIR=store,
                    STREAM_MANAGER_AUTHENTICATE_CLIENT="false", LOG_LEVEL="INFO")
-        cmd = [binary] if kind == "weir" else [binary, "bench", "null-server"]
+        cmd = [binary] if kind == "weir" else [os.path.join(os.path.dirname(binary), "weir-bench"), "null-server"]
         # Pinned, the same way for both servers: the client (whose two
         # threads hand every call to each other) on CPU 0, the server on CPU 1.
         # Unpinned, the scheduler's placement swings the client's rate by 2x.

@@ -1,4 +1,4 @@
-//! `weir bench export`: export throughput against the ceiling of the same
+//! `weir-bench export`: export throughput against the ceiling of the same
 //! SDK calling PutRecords directly, in one run, against the Kinesis
 //! endpoint of `AWS_ENDPOINT_URL_KINESIS` (a local stand-in).
 //!

@@ -1,13 +1,14 @@
-//! `weir bench`: measuring tools that ship with the binary.
+//! `weir-bench`: measuring tools, in a binary of their own
+//! (`src/bin/weir-bench.rs`) so that the server binary does not carry them.
 //!
-//! * `weir bench load`: a native load generator. Several connections, each
+//! * `weir-bench load`: a native load generator. Several connections, each
 //!   keeping many appends in flight (the protocol allows any number), then
 //!   reads of 100 messages; reports appends/s, p50/p99 latency, reads/s.
 //!   Without `--addr` it starts weir in-process on a free port.
-//! * `weir bench export`: export throughput to a Kinesis endpoint next to
+//! * `weir-bench export`: export throughput to a Kinesis endpoint next to
 //!   the same SDK's own PutRecords ceiling, and the rate under a bandwidth
-//!   cap; `weir bench load --exports 5` loads a stream with five exports.
-//! * `weir bench null-server`: the same server code with a request handler
+//!   cap; `weir-bench load --exports 5` loads a stream with five exports.
+//! * `weir-bench null-server`: the same server code with a request handler
 //!   that stores nothing and answers at once: the baseline that shows what
 //!   a client costs by itself.
 
@@ -59,7 +60,7 @@ pub fn main(command: BenchCommand) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("weir bench: {e}");
+            eprintln!("weir-bench: {e}");
             ExitCode::FAILURE
         }
     }

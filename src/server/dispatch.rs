@@ -73,7 +73,7 @@ fn answer<T>(result: Result<T, StoreError>) -> Result<T, Failure> {
 }
 
 /// What a connection hands its requests to. [`StoreHandler`] is the real
-/// one; `weir bench null-server` plugs in one that stores nothing, so
+/// one; `weir-bench null-server` plugs in one that stores nothing, so
 /// benchmarks compare storage with the same networking code.
 pub trait RequestHandler: Send + Sync + 'static {
     /// Carries out one request, or says how it will be ([`Handled`]): all
