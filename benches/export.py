@@ -16,7 +16,6 @@ on loopback (installed by compat-tests/setup-clients.sh):
 """
 import argparse
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -26,7 +25,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "compat-tests"))
 import cloud  # noqa: E402
-from procs import resident_kib, stop  # noqa: E402
+from procs import resident_kib, stop, wait_listening  # noqa: E402
 
 
 def env_for(kinesis):
@@ -60,17 +59,9 @@ def idle_rss(weir, env, exports):
              STREAM_MANAGER_AUTHENTICATE_CLIENT="false", RUST_LOG="info")
     proc = subprocess.Popen([weir], env=e, stderr=subprocess.PIPE, text=True)
     try:
-        addr = None
-        for line in proc.stderr:
-            m = re.search(r"listening on ([0-9.]+:[0-9]+)", line)
-            if m:
-                addr = m.group(1)
-                break
+        addr = wait_listening(proc)
         run([bench_of(weir), "load", "--addr", addr, "--connections", "1", "--messages", "10",
              "--exports", str(exports), "--kinesis-stream", "weir-bench-idle"], env)
-        # Drain stderr meanwhile so weir never blocks on it.
-        import threading
-        threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()
         time.sleep(3)
         return resident_kib(proc.pid)
     finally:

@@ -32,16 +32,14 @@ wall-clock comparison (benches/compare.sh) stays beside it.
 """
 import argparse
 import os
-import re
 import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from procs import stop  # noqa: E402
+from procs import stop, wait_listening  # noqa: E402
 
 LOADS = {
     "file": ["--connections", "4", "--in-flight", "64"],
@@ -61,15 +59,7 @@ def server_instructions(weir, bench, load_args, messages, work):
     proc = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out_file}",
                              "--quiet", weir], env=env, stderr=subprocess.PIPE, text=True)
     try:
-        addr = None
-        for line in proc.stderr:
-            m = re.search(r"listening on ([0-9.]+:[0-9]+)", line)
-            if m:
-                addr = m.group(1)
-                break
-        if addr is None:
-            raise RuntimeError(f"{weir} exited before listening")
-        threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()
+        addr = wait_listening(proc)
         if load_args is not None:
             run = subprocess.run([bench, "load", "--addr", addr, "--messages", str(messages)] + load_args,
                                  capture_output=True, text=True, timeout=1800)

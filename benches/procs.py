@@ -1,7 +1,12 @@
 """What the benchmark helpers need of the processes they start: their memory
-as /proc reports it, and a stop by pid (SIGTERM, then SIGKILL if it hangs)."""
+as /proc reports it, their readiness line, and a stop by pid (SIGTERM, then
+SIGKILL if it hangs)."""
+import re
 import signal
 import subprocess
+import threading
+
+READY = re.compile(r"listening on ([0-9.]+:[0-9]+)")
 
 
 def rss_kib(pid: int) -> tuple[int, int]:
@@ -33,3 +38,15 @@ def stop(proc: subprocess.Popen, timeout: float = 30) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+def wait_listening(proc: subprocess.Popen) -> str:
+    """The `host:port` of weir's `weir listening on` line on `proc`'s stderr
+    (opened with stderr=PIPE, text=True); from then on the rest of stderr is
+    drained on a thread, so weir never blocks on a full pipe."""
+    for line in proc.stderr:
+        m = READY.search(line)
+        if m:
+            threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()
+            return m.group(1)
+    raise RuntimeError(f"{proc.args} exited before listening")
