@@ -18,7 +18,6 @@ Prints a markdown table. Stdlib only.
 """
 import argparse
 import os
-import re
 import resource
 import socket
 import subprocess
@@ -27,7 +26,7 @@ import tempfile
 import time
 import uuid
 
-from procs import resident_kib, stop
+from procs import resident_kib, stop, wait_listening
 
 
 def cbor_text(s):
@@ -97,14 +96,7 @@ def measure(binary, count):
     proc = subprocess.Popen([binary], env=env, stderr=subprocess.PIPE, text=True)
     sockets = []
     try:
-        port = None
-        for line in proc.stderr:
-            m = re.search(r"weir listening on 127\.0\.0\.1:(\d+)", line)
-            if m:
-                port = int(m.group(1))
-                break
-        if port is None:
-            raise RuntimeError("weir did not start")
+        port = int(wait_listening(proc).rsplit(":", 1)[1])
         row = {"idle": settle(proc.pid)}
         for _ in range(count):
             sockets.append(handshake(port))

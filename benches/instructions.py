@@ -40,6 +40,7 @@ import tempfile
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from procs import stop, wait_listening  # noqa: E402
+from export import env_for  # noqa: E402
 
 LOADS = {
     "file": ["--connections", "4", "--in-flight", "64"],
@@ -56,8 +57,7 @@ def server_instructions(weir, bench, load_args, messages, work):
                STREAM_MANAGER_AUTHENTICATE_CLIENT="false", WEIR_SYNC_INTERVAL_MS="1000",
                LOG_LEVEL="INFO")
     env.pop("RUST_LOG", None)
-    proc = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out_file}",
-                             "--quiet", weir], env=env, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(under_callgrind(out_file, [weir]), env=env, stderr=subprocess.PIPE, text=True)
     try:
         addr = wait_listening(proc)
         if load_args is not None:
@@ -73,14 +73,12 @@ def server_instructions(weir, bench, load_args, messages, work):
     return total
 
 
-def export_instructions(bench, records, endpoint, work):
-    """Instructions `weir-bench export` ran over its whole life."""
+def export_instructions(bench, records, kinesis, work):
+    """Instructions `weir-bench export` ran over its whole life, and what it
+    printed."""
     out_file = os.path.join(work, "callgrind-export.out")
-    env = dict(os.environ, AWS_ENDPOINT_URL_KINESIS=endpoint, AWS_REGION="us-east-1",
-               AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", RUST_LOG="warn")
-    run = subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out_file}", "--quiet",
-                          bench, "export", "--records", str(records)],
-                         env=env, capture_output=True, text=True, timeout=3600)
+    run = subprocess.run(under_callgrind(out_file, [bench, "export", "--records", str(records)]),
+                         env=env_for(kinesis), capture_output=True, text=True, timeout=3600)
     if run.returncode != 0:
         raise RuntimeError(f"weir-bench export: {run.stderr[-2000:]}")
     total = callgrind_total(out_file)
@@ -88,12 +86,17 @@ def export_instructions(bench, records, endpoint, work):
     return total, run.stdout
 
 
+def under_callgrind(out_file, argv):
+    return ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out_file}", "--quiet"] + argv
+
+
 def callgrind_total(path):
+    """The instruction total of a callgrind output file."""
     with open(path) as f:
         for line in f:
             if line.startswith("totals:") or line.startswith("summary:"):
-                total = int(line.split()[1])
-    return total
+                return int(line.split()[1])
+    raise RuntimeError(f"{path}: callgrind wrote no total")
 
 
 def compare_exports(builds, records, repeats):
@@ -106,13 +109,12 @@ def compare_exports(builds, records, repeats):
             for repeat in range(repeats):
                 for label, folder in builds.items():
                     total, out = export_instructions(os.path.join(folder, "weir-bench"), records,
-                                                     kinesis.endpoint, work)
+                                                     kinesis, work)
                     # both phases: the SDK alone, then weir's exporter
                     value = total / (2 * records)
                     per_record.setdefault(label, []).append(value)
-                    rates = " | ".join(l.split(":")[0] + ":" + l.split(":")[1].split(" in ")[0]
-                                       for l in out.splitlines() if " in " in l)
-                    print(f"repeat {repeat + 1} {label:4} {value:10.0f} instructions/record ({rates})", flush=True)
+                    ratio = next((l for l in out.splitlines() if l.startswith("ratio")), "no ratio printed")
+                    print(f"repeat {repeat + 1} {label:4} {value:10.0f} instructions/record ({ratio})", flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     base, new = min(per_record["base"]), min(per_record["new"])

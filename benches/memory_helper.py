@@ -7,7 +7,8 @@ for the baseline and the current build, then prints them side by side).
 
 `run` starts WEIR_BIN (port 0, auth off, its own store folder), reads its
 VmRSS idle, then CYCLES times: fills the stream `weir-bench` with `BENCH_BIN
-load` (a weir-bench binary) (MESSAGES appends of PAYLOAD bytes on 4 connections, read back),
+load` (BENCH_BIN: a weir-bench binary; MESSAGES appends of PAYLOAD bytes on 4
+connections, read back),
 asks weir for the stream's totalBytes, reads VmRSS, deletes the stream, and
 reads VmRSS again. It stops weir by its pid. The delete and describe go over
 the real protocol with a minimal stdlib client below.

@@ -757,43 +757,6 @@ pub fn log_filter(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn rust_log_directives_win_over_log_level() {
-        use tracing::Level;
-        let (filter, warning) = log_filter(Some("warn,weir::daemon=info"), "DEBUG");
-        assert_eq!(warning, None);
-        assert!(filter.would_enable("weir::daemon", &Level::INFO));
-        assert!(filter.would_enable("weir::daemon::ready", &Level::INFO));
-        assert!(!filter.would_enable("weir::store", &Level::INFO));
-        assert!(filter.would_enable("weir::store", &Level::WARN));
-        assert!(
-            !filter.would_enable("weir::store", &Level::DEBUG),
-            "LOG_LEVEL lost to RUST_LOG"
-        );
-    }
-
-    #[test]
-    fn log_level_applies_without_rust_log_or_when_rust_log_is_not_understood() {
-        use tracing::Level;
-        for rust_log in [None, Some(""), Some("  ")] {
-            let (filter, warning) = log_filter(rust_log, "ERROR");
-            assert_eq!(warning, None);
-            assert!(filter.would_enable("weir::store", &Level::ERROR));
-            assert!(!filter.would_enable("weir::store", &Level::WARN));
-        }
-        // a level that is not one, and EnvFilter's span syntax
-        for rust_log in ["weir=loud", "[conn{peer=1}]=debug"] {
-            let (filter, warning) = log_filter(Some(rust_log), "DEBUG");
-            let warning = warning.unwrap_or_else(|| panic!("{rust_log} was taken"));
-            assert!(
-                warning.contains("RUST_LOG") && warning.contains("DEBUG"),
-                "{warning}"
-            );
-            assert!(filter.would_enable("weir::store", &Level::DEBUG));
-            assert!(!filter.would_enable("weir::store", &Level::TRACE));
-        }
-    }
     use std::collections::HashMap;
 
     fn config(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
@@ -1240,6 +1203,43 @@ mod tests {
                 "{} is not in README.md",
                 s.key
             );
+        }
+    }
+
+    #[test]
+    fn rust_log_directives_win_over_log_level() {
+        use tracing::Level;
+        let (filter, warning) = log_filter(Some("warn,weir::daemon=info"), "DEBUG");
+        assert_eq!(warning, None);
+        assert!(filter.would_enable("weir::daemon", &Level::INFO));
+        assert!(filter.would_enable("weir::daemon::ready", &Level::INFO));
+        assert!(!filter.would_enable("weir::store", &Level::INFO));
+        assert!(filter.would_enable("weir::store", &Level::WARN));
+        assert!(
+            !filter.would_enable("weir::store", &Level::DEBUG),
+            "LOG_LEVEL lost to RUST_LOG"
+        );
+    }
+
+    #[test]
+    fn log_level_applies_without_rust_log_or_when_rust_log_is_not_understood() {
+        use tracing::Level;
+        for rust_log in [None, Some(""), Some("  ")] {
+            let (filter, warning) = log_filter(rust_log, "ERROR");
+            assert_eq!(warning, None);
+            assert!(filter.would_enable("weir::store", &Level::ERROR));
+            assert!(!filter.would_enable("weir::store", &Level::WARN));
+        }
+        // a level that is not one, and EnvFilter's span syntax
+        for rust_log in ["weir=loud", "[conn{peer=1}]=debug"] {
+            let (filter, warning) = log_filter(Some(rust_log), "DEBUG");
+            let warning = warning.unwrap_or_else(|| panic!("{rust_log} was taken"));
+            assert!(
+                warning.contains("RUST_LOG") && warning.contains("DEBUG"),
+                "{warning}"
+            );
+            assert!(filter.would_enable("weir::store", &Level::DEBUG));
+            assert!(!filter.would_enable("weir::store", &Level::TRACE));
         }
     }
 }
